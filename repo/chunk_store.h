@@ -1,0 +1,127 @@
+// Content-addressed chunks. A chunk is addressed by the XXH3-128 hash of its raw bytes, stored
+// zstd-compressed once however often it occurs, and checked against its hash on every read.
+// The all-zero chunk of any length has the reserved id 0 and is never stored.
+// Value layout: docs/FORMAT.md, "chunks".
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
+
+#include "repo/kv.h"
+#include "repo/status.h"
+
+namespace pgbackfs {
+
+struct ChunkId {
+  std::array<uint8_t, 16> bytes{};
+
+  bool IsZero() const {
+    for (uint8_t b : bytes)
+      if (b) return false;
+    return true;
+  }
+  std::string_view AsKey() const {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+  static ChunkId FromKey(std::string_view key);  // key must be 16 bytes
+  std::string Hex() const;
+  bool operator==(const ChunkId& o) const { return bytes == o.bytes; }
+  bool operator!=(const ChunkId& o) const { return bytes != o.bytes; }
+};
+
+struct ChunkIdHash {
+  size_t operator()(const ChunkId& id) const {
+    size_t h;
+    std::memcpy(&h, id.bytes.data(), sizeof(h));
+    return h;
+  }
+};
+
+// XXH3-128 of `data`, or the zero id when `data` is all zeros.
+ChunkId ComputeChunkId(std::string_view data);
+bool IsAllZero(std::string_view data);
+
+// What a writer added: the figures `backup` and `info` report.
+struct WriteStats {
+  uint64_t logical_bytes = 0;  // bytes handed to the writer
+  uint64_t chunks = 0;         // chunks handed to the writer, zero chunks included
+  uint64_t zero_chunks = 0;
+  uint64_t new_chunks = 0;        // chunks not stored before
+  uint64_t new_stored_bytes = 0;  // encoded bytes of the new chunks (keys included)
+  void Add(const WriteStats& o) {
+    logical_bytes += o.logical_bytes;
+    chunks += o.chunks;
+    zero_chunks += o.zero_chunks;
+    new_chunks += o.new_chunks;
+    new_stored_bytes += o.new_stored_bytes;
+  }
+};
+
+class ChunkCache;
+
+class ChunkStore {
+ public:
+  // `kv` must outlive the store.
+  ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes);
+  ~ChunkStore();
+  ChunkStore(const ChunkStore&) = delete;
+  ChunkStore& operator=(const ChunkStore&) = delete;
+
+  // Reads chunk `id` of `size` raw bytes into `out`, checking its hash. Corruption on mismatch or
+  // on a chunk that cannot be decoded; NotFound when it is missing.
+  Status Get(const ChunkId& id, size_t size, std::string* out);
+  // Same, through the decompressed-chunk cache.
+  Result<std::shared_ptr<const std::string>> GetCached(const ChunkId& id, size_t size);
+  // True if the chunk is stored (or is the zero chunk). Does not read or check the data.
+  Result<bool> Contains(const ChunkId& id);
+
+  // Encodes raw chunk bytes for storage (compressed when that is smaller).
+  std::string Encode(std::string_view raw) const;
+  // Decodes a stored value and checks it against `id`.
+  static Status DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out);
+
+  // Runs fn(i) for i in [0, n) on the store's worker threads and the caller's, and waits.
+  void ParallelFor(size_t n, const std::function<void(size_t)>& fn);
+
+  KvStore* kv() { return kv_; }
+  int zstd_level() const { return zstd_level_; }
+
+ private:
+  class Pool;
+  KvStore* kv_;
+  int zstd_level_;
+  std::unique_ptr<ChunkCache> cache_;
+  std::unique_ptr<Pool> pool_;
+};
+
+// Buffers new chunks into batches and writes them. One writer per producer (not thread-safe);
+// many writers may share a store. Nothing a writer adds is referenced by any snapshot until the
+// caller commits a record naming it, so a writer that dies leaves only unreferenced chunks.
+class ChunkWriter {
+ public:
+  explicit ChunkWriter(ChunkStore* store, size_t batch_bytes = 4 << 20);
+  // Adds chunks, hashing and compressing them in parallel; ids[i] is the id of chunks[i].
+  Status AddMany(const std::vector<std::string_view>& chunks, std::vector<ChunkId>* ids);
+  Result<ChunkId> Add(std::string_view chunk);
+  // Writes what is buffered. Durable with `sync` (or by a later synced write of the same store).
+  Status Flush(bool sync);
+  const WriteStats& stats() const { return stats_; }
+
+ private:
+  ChunkStore* store_;
+  size_t batch_bytes_;
+  KvBatch batch_;
+  std::unordered_set<ChunkId, ChunkIdHash> pending_;
+  WriteStats stats_;
+};
+
+}  // namespace pgbackfs

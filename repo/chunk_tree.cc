@@ -1,0 +1,168 @@
+#include "repo/chunk_tree.h"
+
+#include <algorithm>
+
+namespace pgbackfs {
+
+namespace {
+constexpr size_t kBatchChunks = 64;
+constexpr size_t kIdSize = 16;
+}  // namespace
+
+Result<ChunkId> TreeBuilder::StoreBlock(const std::vector<ChunkId>& ids) {
+  std::string block;
+  block.reserve(ids.size() * kIdSize);
+  for (const ChunkId& id : ids) block.append(id.AsKey());
+  return writer_->Add(block);
+}
+
+Status TreeBuilder::Push(size_t level, const ChunkId& id) {
+  if (levels_.size() <= level) levels_.resize(level + 1);
+  levels_[level].push_back(id);
+  if (levels_[level].size() == kTreeFanout) {
+    ASSIGN_OR_RETURN(ChunkId block, StoreBlock(levels_[level]));
+    levels_[level].clear();
+    return Push(level + 1, block);
+  }
+  return Status::OK();
+}
+
+Status TreeBuilder::Add(const ChunkId& leaf) { return Push(0, leaf); }
+
+Result<TreeRoot> TreeBuilder::Finish() {
+  TreeRoot root;
+  if (levels_.empty()) return root;  // empty file
+  for (size_t level = 0; level < levels_.size(); ++level) {
+    bool top = level + 1 == levels_.size();
+    auto& ids = levels_[level];
+    if (top && ids.size() == 1) {
+      root.height = static_cast<uint8_t>(level);
+      root.id = ids[0];
+      levels_.clear();
+      return root;
+    }
+    if (ids.empty()) continue;  // everything at this level already went up in full blocks
+    ASSIGN_OR_RETURN(ChunkId block, StoreBlock(ids));
+    ids.clear();
+    if (top) levels_.emplace_back();
+    levels_[level + 1].push_back(block);
+  }
+  return Status::Corruption("tree builder ended without a root");  // unreachable
+}
+
+FileWriter::FileWriter(ChunkWriter* writer, size_t chunk_size)
+    : writer_(writer), chunk_size_(chunk_size), tree_(writer) {
+  pending_.reserve(chunk_size * kBatchChunks);
+}
+
+Status FileWriter::FlushPending() {
+  std::vector<std::string_view> chunks;
+  for (size_t off = 0; off < pending_.size(); off += chunk_size_) {
+    chunks.push_back(std::string_view(pending_).substr(off, chunk_size_));
+  }
+  std::vector<ChunkId> ids;
+  RETURN_IF_ERROR(writer_->AddMany(chunks, &ids));
+  for (const ChunkId& id : ids) RETURN_IF_ERROR(tree_.Add(id));
+  pending_.clear();
+  return Status::OK();
+}
+
+Status FileWriter::Append(std::string_view data) {
+  size_ += data.size();
+  const size_t batch = chunk_size_ * kBatchChunks;
+  while (!data.empty()) {
+    size_t n = std::min(data.size(), batch - pending_.size());
+    pending_.append(data.substr(0, n));
+    data.remove_prefix(n);
+    if (pending_.size() == batch) RETURN_IF_ERROR(FlushPending());
+  }
+  return Status::OK();
+}
+
+Result<FileData> FileWriter::Finish() {
+  if (!pending_.empty()) RETURN_IF_ERROR(FlushPending());
+  FileData data;
+  data.size = size_;
+  ASSIGN_OR_RETURN(data.root, tree_.Finish());
+  return data;
+}
+
+TreeReader::TreeReader(ChunkStore* store, const FileData& file, size_t chunk_size)
+    : store_(store),
+      file_(file),
+      chunk_size_(chunk_size),
+      leaves_((file.size + chunk_size - 1) / chunk_size) {}
+
+size_t TreeReader::LeafSize(uint64_t index) const {
+  uint64_t start = index * chunk_size_;
+  return static_cast<size_t>(std::min<uint64_t>(chunk_size_, file_.size - start));
+}
+
+uint64_t TreeReader::Span(int height) const {
+  uint64_t span = 1;
+  for (int i = 0; i < height; ++i) span *= kTreeFanout;
+  return span;
+}
+
+Result<std::shared_ptr<const std::string>> TreeReader::Block(const ChunkId& id,
+                                                             uint64_t children) {
+  ASSIGN_OR_RETURN(auto block, store_->GetCached(id, children * kIdSize));
+  return block;
+}
+
+Result<ChunkId> TreeReader::Leaf(uint64_t index) {
+  if (index >= leaves_) return Status::InvalidArgument("leaf index past the end of the file");
+  ChunkId id = file_.root.id;
+  uint64_t first = 0;  // first leaf under the current node
+  for (int h = file_.root.height; h > 0; --h) {
+    uint64_t span = Span(h - 1);
+    uint64_t children = std::min<uint64_t>(kTreeFanout, (leaves_ - first + span - 1) / span);
+    ASSIGN_OR_RETURN(auto block, Block(id, children));
+    uint64_t child = (index - first) / span;
+    id = ChunkId::FromKey(std::string_view(*block).substr(child * kIdSize, kIdSize));
+    first += child * span;
+  }
+  return id;
+}
+
+Status TreeReader::Walk(int height, const ChunkId& id, uint64_t first_leaf,
+                        const std::function<Status(uint64_t, const ChunkId&)>& fn,
+                        const std::function<Status(const ChunkId&)>& on_block) {
+  if (height == 0) return fn(first_leaf, id);
+  uint64_t span = Span(height - 1);
+  uint64_t children = std::min<uint64_t>(kTreeFanout, (leaves_ - first_leaf + span - 1) / span);
+  if (on_block) RETURN_IF_ERROR(on_block(id));
+  ASSIGN_OR_RETURN(auto block, Block(id, children));
+  for (uint64_t c = 0; c < children; ++c) {
+    ChunkId child = ChunkId::FromKey(std::string_view(*block).substr(c * kIdSize, kIdSize));
+    RETURN_IF_ERROR(Walk(height - 1, child, first_leaf + c * span, fn, on_block));
+  }
+  return Status::OK();
+}
+
+Status TreeReader::ForEachLeaf(const std::function<Status(uint64_t, const ChunkId&)>& fn,
+                               const std::function<Status(const ChunkId&)>& on_block) {
+  if (leaves_ == 0) return Status::OK();
+  return Walk(file_.root.height, file_.root.id, 0, fn, on_block);
+}
+
+Status TreeReader::Read(uint64_t offset, size_t len, std::string* out) {
+  if (offset >= file_.size) return Status::OK();
+  uint64_t end = std::min<uint64_t>(file_.size, offset + len);
+  while (offset < end) {
+    uint64_t index = offset / chunk_size_;
+    size_t in_chunk = offset % chunk_size_;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(end - offset, chunk_size_ - in_chunk));
+    ASSIGN_OR_RETURN(ChunkId id, Leaf(index));
+    if (id.IsZero()) {
+      out->append(n, '\0');
+    } else {
+      ASSIGN_OR_RETURN(auto chunk, store_->GetCached(id, LeafSize(index)));
+      out->append(*chunk, in_chunk, n);
+    }
+    offset += n;
+  }
+  return Status::OK();
+}
+
+}  // namespace pgbackfs

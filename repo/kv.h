@@ -1,0 +1,93 @@
+// The key-value store under the repository. Two implementations: RocksDB (kv_rocksdb.cc) and an
+// in-memory map for fast tests (kv_memory.cc). The same test suite runs against both.
+// Key and value layouts of every column family are in docs/FORMAT.md.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "repo/status.h"
+
+namespace pgbackfs {
+
+// Column families. The numbering is part of nothing on disk; RocksDB sees the names.
+enum class Cf : uint8_t {
+  kMeta = 0,  // repository metadata, snapshot records, clone records
+  kChunks,    // content-addressed chunks: XXH3-128 id -> encoded chunk
+  kWal,       // WAL archive: file name -> archived file record
+  kOverlay,   // clone overlays (copy-on-write data)
+  kCount,
+};
+const char* CfName(Cf cf);
+
+// An atomic group of writes.
+class KvBatch {
+ public:
+  struct Op {
+    Cf cf;
+    bool is_delete;
+    std::string key;
+    std::string value;
+  };
+  void Put(Cf cf, std::string_view key, std::string_view value) {
+    bytes_ += key.size() + value.size();
+    ops_.push_back({cf, false, std::string(key), std::string(value)});
+  }
+  void Delete(Cf cf, std::string_view key) {
+    bytes_ += key.size();
+    ops_.push_back({cf, true, std::string(key), {}});
+  }
+  const std::vector<Op>& ops() const { return ops_; }
+  size_t ApproximateBytes() const { return bytes_; }
+  bool empty() const { return ops_.empty(); }
+  void Clear() {
+    ops_.clear();
+    bytes_ = 0;
+  }
+
+ private:
+  std::vector<Op> ops_;
+  size_t bytes_ = 0;
+};
+
+// Iterates one column family in key order. Not thread-safe; one owner.
+class KvIterator {
+ public:
+  virtual ~KvIterator() = default;
+  virtual void Seek(std::string_view key) = 0;
+  virtual bool Valid() const = 0;
+  virtual void Next() = 0;
+  virtual std::string_view key() const = 0;
+  virtual std::string_view value() const = 0;
+  virtual Status status() const = 0;
+};
+
+// Thread-safe.
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  // NotFound if absent.
+  virtual Status Get(Cf cf, std::string_view key, std::string* value) = 0;
+  // Applies all of `batch` or nothing. With `sync`, it is durable (fdatasync) on return, and so
+  // is everything written before it.
+  virtual Status Write(const KvBatch& batch, bool sync) = 0;
+  virtual std::unique_ptr<KvIterator> NewIterator(Cf cf) = 0;
+  // Makes every earlier write durable.
+  virtual Status Sync() = 0;
+  // Approximate bytes on disk, for `info`.
+  virtual uint64_t ApproximateSize(Cf cf) = 0;
+};
+
+struct KvOptions {
+  bool create_if_missing = false;
+  size_t block_cache_bytes = 64 << 20;
+};
+
+// Opens (or creates) a RocksDB store in `dir`.
+Result<std::unique_ptr<KvStore>> OpenRocksDbStore(const std::string& dir, const KvOptions& options);
+std::unique_ptr<KvStore> NewMemoryStore();
+
+}  // namespace pgbackfs

@@ -1,0 +1,77 @@
+// The command line: one CLI11 app, one file per subcommand (cmd_<name>.cc).
+//
+// Every command runs through RunCli with a CommandIo and a RepoProvider, so the same code serves
+// two callers: the pgbackfs process itself, which opens the repository, and the mount daemon,
+// which owns the repository and runs commands forwarded to it over its control socket.
+#pragma once
+
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "repo/repository.h"
+
+namespace pgbackfs {
+
+// Where a command writes, and what relative paths are relative to.
+struct CommandIo {
+  FILE* out = stdout;
+  FILE* err = stderr;
+  std::string cwd;      // the caller's working directory
+  bool err_is_tty = false;  // progress goes to `err` when it is a terminal
+
+  std::string Abs(const std::string& path) const;  // `path` resolved against cwd
+};
+
+// Raised (as an exception, before any side effect) when a command must run in the daemon that
+// owns the repository. Only RunCli's caller in main.cc catches it.
+struct ForwardToDaemon {
+  std::string socket_path;
+};
+
+// Hands commands an open repository. The CLI opens (and locks) it; the daemon hands out its own.
+class RepoProvider {
+ public:
+  virtual ~RepoProvider() = default;
+  // `repo_path` is absolute. May throw ForwardToDaemon.
+  virtual Result<Repository*> Get(const std::string& repo_path) = 0;
+  // True in the mount daemon: commands that must not run there (mount) check it.
+  virtual bool in_daemon() const { return false; }
+};
+
+// What command callbacks share.
+struct CliContext {
+  CommandIo* io;
+  RepoProvider* repos;
+  int exit_code = 0;
+
+  // Prints "pgbackfs: error: <message>" and sets exit code 1.
+  void Fail(const Status& status);
+  // Opens the repository at `path` (relative paths resolved); prints the error and returns null.
+  Repository* OpenRepo(const std::string& path);
+};
+
+// Parses `args` (args[0] is the program name) and runs the command. Returns the exit code:
+// 0 ok, 1 failure, 2 bad usage.
+int RunCli(const std::vector<std::string>& args, CommandIo* io, RepoProvider* repos);
+
+// Each cmd_<name>.cc defines one of these.
+void AddInitCommand(CLI::App* app, CliContext* ctx);
+void AddBackupCommand(CLI::App* app, CliContext* ctx);
+void AddListCommand(CLI::App* app, CliContext* ctx);
+void AddInfoCommand(CLI::App* app, CliContext* ctx);
+void AddRestoreCommand(CLI::App* app, CliContext* ctx);
+void AddVerifyCommand(CLI::App* app, CliContext* ctx);
+void AddMountCommands(CLI::App* app, CliContext* ctx);     // mount, umount
+void AddArchiveCommands(CLI::App* app, CliContext* ctx);   // archive-push, archive-get
+void AddDebugCommands(CLI::App* app, CliContext* ctx);     // hidden test hooks
+
+// Formatting helpers shared by commands.
+std::string FormatBytes(uint64_t bytes);     // "1.5 GiB"
+std::string FormatTime(int64_t unix_time);   // "2026-11-22 01:38:00 UTC"
+
+}  // namespace pgbackfs

@@ -1,0 +1,7 @@
+#include "tools/cli.h"
+
+namespace pgbackfs {
+
+void AddBackupCommand(CLI::App* app, CliContext* ctx) {}
+
+}  // namespace pgbackfs
