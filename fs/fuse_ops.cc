@@ -1,0 +1,291 @@
+#include "fs/fuse_ops.h"
+
+#include <cerrno>
+#include <string>
+#include <vector>
+
+#include "fs/filesystem.h"
+
+namespace pgbackfs {
+
+namespace {
+
+constexpr unsigned kMaxRequest = 1 << 20;  // libfuse derives max_pages (256) from max_write
+
+Filesystem* Fs(fuse_req_t req) { return static_cast<Filesystem*>(fuse_req_userdata(req)); }
+
+void Want(fuse_conn_info* conn, unsigned cap) {
+  if (conn->capable & cap) conn->want |= cap;
+}
+
+fuse_entry_param ToParam(const EntryOut& out) {
+  fuse_entry_param e{};
+  e.ino = out.ino;
+  e.generation = 1;  // inode numbers are never reused within a mount
+  e.attr = out.attr;
+  e.attr_timeout = out.attr_timeout;
+  e.entry_timeout = out.entry_timeout;
+  return e;
+}
+
+void SetOpen(const OpenOut& out, fuse_file_info* fi) {
+  fi->fh = out.fh;
+  fi->keep_cache = out.keep_cache;
+  fi->direct_io = out.direct_io;
+  fi->noflush = out.noflush;
+}
+
+void Init(void* userdata, fuse_conn_info* conn) {
+  conn->max_write = kMaxRequest;
+  conn->max_readahead = kMaxRequest;
+  conn->max_background = 64;
+  conn->congestion_threshold = 48;
+  Want(conn, FUSE_CAP_ASYNC_READ);
+  Want(conn, FUSE_CAP_ATOMIC_O_TRUNC);  // cp over a WAL file: no separate truncate
+  Want(conn, FUSE_CAP_READDIRPLUS);
+  conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+  Want(conn, FUSE_CAP_PARALLEL_DIROPS);
+  Want(conn, FUSE_CAP_CACHE_SYMLINKS);
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // a write must reach the WalWriter before flush
+}
+
+void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  EntryOut out;
+  int err = Fs(req)->Lookup(parent, name, &out);
+  if (err) {
+    fuse_reply_err(req, err);  // an error reply leaves no negative entry in the kernel's cache
+    return;
+  }
+  fuse_entry_param e = ToParam(out);
+  fuse_reply_entry(req, &e);
+}
+
+void Forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Fs(req)->Forget(ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void ForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) Fs(req)->Forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  struct stat st;
+  double timeout;
+  int err = Fs(req)->GetAttr(ino, &st, &timeout);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_attr(req, &st, timeout);
+}
+
+void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  struct stat st;
+  double timeout;
+  bool set_size = to_set & FUSE_SET_ATTR_SIZE;
+  int err = Fs(req)->SetAttr(ino, set_size, set_size ? static_cast<uint64_t>(attr->st_size) : 0,
+                             fi ? fi->fh : 0, &st, &timeout);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_attr(req, &st, timeout);
+}
+
+void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+  std::string target;
+  int err = Fs(req)->ReadLink(ino, &target);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_readlink(req, target.c_str());
+}
+
+void Mknod(fuse_req_t req, fuse_ino_t parent, const char*, mode_t, dev_t) {
+  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+}
+void Mkdir(fuse_req_t req, fuse_ino_t parent, const char*, mode_t) {
+  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+}
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char*) {
+  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+}
+void Rmdir(fuse_req_t req, fuse_ino_t parent, const char*) {
+  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+}
+void Symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char*) {
+  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+}
+void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t newparent, const char*) {
+  fuse_reply_err(req, Fs(req)->DenyChange(newparent));
+}
+void Rename(fuse_req_t req, fuse_ino_t parent, const char*, fuse_ino_t newparent, const char*,
+            unsigned int) {
+  fuse_reply_err(req, Fs(req)->DenyRename(parent, newparent));
+}
+
+void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  OpenOut out;
+  int err = Fs(req)->Open(ino, fi->flags, &out);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  SetOpen(out, fi);
+  if (fuse_reply_open(req, fi) == -ENOENT) Fs(req)->Release(out.fh);  // interrupted
+}
+
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info* fi) {
+  EntryOut entry;
+  OpenOut out;
+  int err = Fs(req)->Create(parent, name, fi->flags, &entry, &out);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  SetOpen(out, fi);
+  fuse_entry_param e = ToParam(entry);
+  if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+    Fs(req)->Release(out.fh);
+    Fs(req)->Forget(entry.ino, 1);
+  }
+}
+
+void Read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  std::string buf;
+  buf.reserve(size);
+  int err = Fs(req)->Read(fi->fh, static_cast<uint64_t>(off), size, &buf);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_buf(req, buf.data(), buf.size());
+}
+
+void Write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
+           fuse_file_info* fi) {
+  int err = Fs(req)->Write(fi->fh, static_cast<uint64_t>(off), std::string_view(buf, size));
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_write(req, size);
+}
+
+void Flush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  fuse_reply_err(req, Fs(req)->Flush(fi->fh));
+}
+
+void Release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Fs(req)->Release(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+// Nothing is buffered here: snapshot files never change, and a WAL file is stored durably by the
+// flush that close() runs. PostgreSQL PANICs on an fsync error, so success it is.
+void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  uint64_t fh;
+  int err = Fs(req)->OpenDir(ino, &fh);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fi->fh = fh;
+  if (fuse_reply_open(req, fi) == -ENOENT) Fs(req)->ReleaseDir(fh);
+}
+
+void DoReadDir(fuse_req_t req, size_t size, off_t off, fuse_file_info* fi, bool plus) {
+  std::vector<char> buf(size);
+  size_t used = 0;
+  int err = Fs(req)->ReadDir(fi->fh, static_cast<uint64_t>(off), plus, [&](const DirItem& item) {
+    size_t n;
+    if (plus) {
+      fuse_entry_param e = ToParam(item.entry);
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, item.name.c_str(), &e,
+                                 static_cast<off_t>(item.next_offset));
+    } else {
+      struct stat st {};
+      st.st_ino = item.ino;
+      st.st_mode = item.type;
+      n = fuse_add_direntry(req, buf.data() + used, size - used, item.name.c_str(), &st,
+                            static_cast<off_t>(item.next_offset));
+    }
+    if (n > size - used) return false;
+    used += n;
+    return true;
+  });
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void ReadDir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  DoReadDir(req, size, off, fi, /*plus=*/false);
+}
+
+void ReadDirPlus(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  DoReadDir(req, size, off, fi, /*plus=*/true);
+}
+
+void ReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Fs(req)->ReleaseDir(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void StatFs(fuse_req_t req, fuse_ino_t) {
+  struct statvfs st;
+  int err = Fs(req)->StatFs(&st);
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_statfs(req, &st);
+}
+
+fuse_lowlevel_ops MakeOps() {
+  fuse_lowlevel_ops ops{};
+  ops.init = Init;
+  ops.lookup = Lookup;
+  ops.forget = Forget;
+  ops.forget_multi = ForgetMulti;
+  ops.getattr = GetAttr;
+  ops.setattr = SetAttr;
+  ops.readlink = ReadLink;
+  ops.mknod = Mknod;
+  ops.mkdir = Mkdir;
+  ops.unlink = Unlink;
+  ops.rmdir = Rmdir;
+  ops.symlink = Symlink;
+  ops.link = Link;
+  ops.rename = Rename;
+  ops.open = Open;
+  ops.create = Create;
+  ops.read = Read;
+  ops.write = Write;
+  ops.flush = Flush;
+  ops.release = Release;
+  ops.fsync = Fsync;
+  ops.opendir = OpenDir;
+  ops.readdir = ReadDir;
+  ops.readdirplus = ReadDirPlus;
+  ops.releasedir = ReleaseDir;
+  ops.fsyncdir = Fsync;
+  ops.statfs = StatFs;
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& FilesystemOps() {
+  static const fuse_lowlevel_ops ops = MakeOps();
+  return ops;
+}
+
+}  // namespace pgbackfs
