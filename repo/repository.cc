@@ -167,6 +167,11 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path,
   repo->lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (repo->lock_fd_ < 0) return Status::FromErrno(errno, "open lock '" + lock_path + "'");
   if (flock(repo->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    // Not ours: the destructor must not truncate the holder's message.
+    close(repo->lock_fd_);
+    repo->lock_fd_ = -1;
+    errno = err;
     if (errno == EWOULDBLOCK) {
       std::string holder = LockHolder(path);
       return Status::Busy("repository '" + path + "' is locked" +

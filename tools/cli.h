@@ -5,6 +5,7 @@
 // which owns the repository and runs commands forwarded to it over its control socket.
 #pragma once
 
+#include <atomic>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -23,6 +24,11 @@ struct CommandIo {
   FILE* err = stderr;
   std::string cwd;      // the caller's working directory
   bool err_is_tty = false;  // progress goes to `err` when it is a terminal
+  // Set when whoever asked for the command went away (a command forwarded to the mount daemon
+  // whose client died or closed its output): long commands should stop at the next safe point.
+  // Null when nobody can cancel.
+  const std::atomic<bool>* cancelled = nullptr;
+  bool Cancelled() const { return cancelled && cancelled->load(); }
 
   std::string Abs(const std::string& path) const;  // `path` resolved against cwd
 };

@@ -6,6 +6,7 @@
 
 #include "repo/file_util.h"
 #include "tools/cli.h"
+#include "tools/control.h"
 
 namespace {
 
@@ -20,7 +21,16 @@ class LocalRepoProvider : public pgbackfs::RepoProvider {
     pgbackfs::OpenOptions options;
     options.lock_owner = "pgbackfs command";
     auto repo = pgbackfs::Repository::Open(path, options);
-    if (!repo.ok()) return repo.status();
+    if (!repo.ok()) {
+      // Locked by a mount daemon that answers on its control socket: the command runs there.
+      // A socket file left by a killed daemon refuses the connection, and then the lock is free
+      // anyway, so only a live daemon can be reached here.
+      if (repo.status().code() == pgbackfs::Status::Code::kBusy) {
+        std::string socket = pgbackfs::ControlSocketPath(path);
+        if (pgbackfs::ControlSocketAccepts(socket)) throw pgbackfs::ForwardToDaemon{socket};
+      }
+      return repo.status();
+    }
     repo_ = std::move(repo).value();
     return repo_.get();
   }
@@ -38,5 +48,11 @@ int main(int argc, char** argv) {
   if (getcwd(cwd, sizeof(cwd))) io.cwd = cwd;
   io.err_is_tty = isatty(STDERR_FILENO);
   LocalRepoProvider repos;
-  return pgbackfs::RunCli(args, &io, &repos);
+  try {
+    return pgbackfs::RunCli(args, &io, &repos);
+  } catch (const pgbackfs::ForwardToDaemon& forward) {
+    fflush(stdout);
+    fflush(stderr);
+    return pgbackfs::ForwardCommand(forward.socket_path, args, io.cwd);
+  }
 }
