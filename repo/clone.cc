@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <map>
 
 #include "repo/coding.h"
 
@@ -16,6 +17,10 @@ constexpr std::string_view kCloneIdKey = "clone_next_id";
 constexpr uint8_t kInodeVersion = 1;
 constexpr uint8_t kFlagMaterialized = 1;  // directory: entries live in the overlay
 constexpr uint8_t kFlagOverrides = 2;     // file: some chunks are overridden
+
+// Live instances, so that every user in the process shares one (and one inode counter).
+std::mutex registry_mu;
+std::map<std::pair<Repository*, std::string>, std::weak_ptr<CloneFs>> registry;
 
 void PutBig64(std::string* dst, uint64_t v) {
   for (int i = 7; i >= 0; --i) dst->push_back(static_cast<char>(v >> (8 * i)));
@@ -221,6 +226,14 @@ Result<CloneInfo> CloneFs::Get(Repository* repo, const std::string& name) {
 
 Status CloneFs::Drop(Repository* repo, const std::string& name) {
   ASSIGN_OR_RETURN(CloneInfo info, Get(repo, name));
+  {
+    std::lock_guard<std::mutex> lock(registry_mu);
+    auto it = registry.find({repo, name});
+    if (it != registry.end()) {
+      if (auto live = it->second.lock()) live->dropped_ = true;
+      registry.erase(it);
+    }
+  }
   // The record goes first (synced): from then on the clone does not exist, and the overlay keys
   // deleted below are unreachable even if this process dies half way.
   KvBatch batch;
@@ -244,9 +257,12 @@ Status CloneFs::Drop(Repository* repo, const std::string& name) {
 CloneFs::CloneFs(Repository* repo, CloneInfo info)
     : repo_(repo), info_(std::move(info)), chunk_size_(repo->config().chunk_size) {}
 
-Result<std::unique_ptr<CloneFs>> CloneFs::Open(Repository* repo, const std::string& name) {
+Result<std::shared_ptr<CloneFs>> CloneFs::Open(Repository* repo, const std::string& name) {
+  std::lock_guard<std::mutex> lock(registry_mu);
+  auto& slot = registry[{repo, name}];
+  if (auto live = slot.lock()) return live;
   ASSIGN_OR_RETURN(CloneInfo info, Get(repo, name));
-  auto fs = std::unique_ptr<CloneFs>(new CloneFs(repo, info));
+  auto fs = std::shared_ptr<CloneFs>(new CloneFs(repo, info));
   std::string value;
   std::string key = "c";
   PutBig64(&key, info.id);
@@ -254,6 +270,7 @@ Result<std::unique_ptr<CloneFs>> CloneFs::Open(Repository* repo, const std::stri
   RETURN_IF_ERROR(repo->kv()->Get(Cf::kOverlay, key, &value).WithContext("clone inode counter"));
   Decoder d(value);
   if (!d.GetFixed64(&fs->next_ino_)) return Status::Corruption("bad clone inode counter");
+  slot = fs;
   return fs;
 }
 
@@ -303,6 +320,7 @@ void CloneFs::PutInode(const Inode& inode, KvBatch* batch) {
 }
 
 Result<CloneFs::Inode> CloneFs::LoadInode(CloneIno ino) {
+  if (dropped_) return Status::NotFound("clone '" + info_.name + "' was dropped");
   std::string value;
   Status s = repo_->kv()->Get(Cf::kOverlay, InodeKey(ino), &value);
   if (s.IsNotFound()) return Status::NotFound("no inode " + std::to_string(ino));

@@ -8,6 +8,7 @@
 // not of the machine); Fsync() makes everything before it durable, as fsync(2) promises.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -65,7 +66,10 @@ class CloneFs {
   static Status Drop(Repository* repo, const std::string& name);
   static Status ValidateName(const std::string& name);
 
-  static Result<std::unique_ptr<CloneFs>> Open(Repository* repo, const std::string& name);
+  // Returns the process's one instance for this clone (opening it if nobody holds it), so the
+  // mount and commands run in the daemon share inode numbering. Drop() disables live instances:
+  // their operations then fail with NotFound.
+  static Result<std::shared_ptr<CloneFs>> Open(Repository* repo, const std::string& name);
 
   const CloneInfo& info() const { return info_; }
   Result<CloneAttr> GetAttr(CloneIno ino);
@@ -133,6 +137,7 @@ class CloneFs {
   std::mutex ino_mu_;
   CloneIno next_ino_ = 0;
   std::mutex inode_locks_[kLockStripes];
+  std::atomic<bool> dropped_{false};
 };
 
 }  // namespace pgbackfs

@@ -44,7 +44,7 @@ class CloneTest : public RepoTest {
   }
   SnapshotInfo snap_;
   std::string big_;
-  std::unique_ptr<CloneFs> fs_;
+  std::shared_ptr<CloneFs> fs_;
 };
 
 TEST_P(CloneTest, ReadsTheSnapshot) {
@@ -197,15 +197,21 @@ TEST_P(CloneTest, ListGetDropAndBadNames) {
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 2u);
   EXPECT_NE((*all)[0].id, (*all)[1].id);
+  std::shared_ptr<CloneFs> held = fs_;
   fs_.reset();
   ASSERT_TRUE(CloneFs::Drop(repo_.get(), "c1").ok());
+  EXPECT_TRUE(held->GetAttr(kCloneRootIno).status().IsNotFound());  // a live instance is disabled
   EXPECT_TRUE(CloneFs::Get(repo_.get(), "c1").status().IsNotFound());
   EXPECT_TRUE(CloneFs::Drop(repo_.get(), "c1").IsNotFound());
   // A new clone of the same name starts fresh.
   ASSERT_TRUE(CloneFs::Create(repo_.get(), "c1", snap_).ok());
   auto fs = CloneFs::Open(repo_.get(), "c1");
   ASSERT_TRUE(fs.ok());
+  EXPECT_NE(fs->get(), held.get());
   EXPECT_EQ(ReadPath(fs->get(), "postmaster.pid"), "1234\n");
+  // Opening again while held returns the same instance.
+  auto again = CloneFs::Open(repo_.get(), "c1");
+  EXPECT_EQ(again->get(), fs->get());
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, CloneTest, ::testing::Bool(), StoreName);
