@@ -25,6 +25,12 @@ int StatusToErrno(const Status& status) {
       return EINVAL;
     case Status::Code::kPermissionDenied:
       return EPERM;
+    case Status::Code::kNotEmpty:
+      return ENOTEMPTY;
+    case Status::Code::kIsADirectory:
+      return EISDIR;
+    case Status::Code::kNotADirectory:
+      return ENOTDIR;
     case Status::Code::kCorruption:
     case Status::Code::kIOError:
       return EIO;

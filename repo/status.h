@@ -23,6 +23,9 @@ class [[nodiscard]] Status {
     kNoSpace,
     kFailedPrecondition,
     kPermissionDenied,
+    kNotEmpty,       // a directory that must be empty is not (ENOTEMPTY)
+    kIsADirectory,   // EISDIR
+    kNotADirectory,  // ENOTDIR
   };
 
   Status() = default;
@@ -47,6 +50,13 @@ class [[nodiscard]] Status {
   static Status PermissionDenied(std::string msg) {
     return Status(Code::kPermissionDenied, std::move(msg));
   }
+  static Status NotEmpty(std::string msg) { return Status(Code::kNotEmpty, std::move(msg)); }
+  static Status IsADirectory(std::string msg) {
+    return Status(Code::kIsADirectory, std::move(msg));
+  }
+  static Status NotADirectory(std::string msg) {
+    return Status(Code::kNotADirectory, std::move(msg));
+  }
   // An IOError or NoSpace built from errno, naming what failed: "open 'path': No such file".
   static Status FromErrno(int err, const std::string& what);
 
@@ -69,7 +79,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}          // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return status_.ok(); }
@@ -92,10 +102,10 @@ class [[nodiscard]] Result {
 #define PGBACKFS_CONCAT(a, b) PGBACKFS_CONCAT_INNER(a, b)
 
 // Returns from the current function when `expr` (a Status) is not ok.
-#define RETURN_IF_ERROR(expr)                    \
-  do {                                           \
-    ::pgbackfs::Status _st = (expr);             \
-    if (!_st.ok()) return _st;                   \
+#define RETURN_IF_ERROR(expr)        \
+  do {                               \
+    ::pgbackfs::Status _st = (expr); \
+    if (!_st.ok()) return _st;       \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, F())`: unwraps a Result or returns its status.

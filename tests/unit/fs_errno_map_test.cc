@@ -19,6 +19,9 @@ TEST(StatusToErrno, MapsEveryCode) {
   EXPECT_EQ(StatusToErrno(Status::NoSpace("x")), ENOSPC);
   EXPECT_EQ(StatusToErrno(Status::FailedPrecondition("x")), EINVAL);
   EXPECT_EQ(StatusToErrno(Status::PermissionDenied("x")), EPERM);
+  EXPECT_EQ(StatusToErrno(Status::NotEmpty("x")), ENOTEMPTY);
+  EXPECT_EQ(StatusToErrno(Status::IsADirectory("x")), EISDIR);
+  EXPECT_EQ(StatusToErrno(Status::NotADirectory("x")), ENOTDIR);
 }
 
 }  // namespace
