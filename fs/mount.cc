@@ -1,5 +1,6 @@
 #include "fs/mount.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -14,7 +15,6 @@
 #include <vector>
 
 #include "fs/fuse_ops.h"
-#include "repo/file_util.h"
 
 namespace pgbackfs {
 
@@ -87,24 +87,41 @@ void RaiseReadahead(dev_t dev) {
 }  // namespace
 
 Status CheckMountpoint(const std::string& path) {
+  auto dead = [&path] {
+    return Status::InvalidArgument("mountpoint '" + path +
+                                   "' is a dead mount (transport endpoint is not connected); "
+                                   "run 'pgbackfs umount " +
+                                   path + "' first");
+  };
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
     int err = errno;
     if (err == ENOENT) return Status::InvalidArgument("mountpoint '" + path + "' does not exist");
-    if (err == ENOTCONN) {
-      return Status::InvalidArgument("mountpoint '" + path +
-                                     "' is a dead mount (transport endpoint is not connected); "
-                                     "run 'pgbackfs umount " +
-                                     path + "' first");
-    }
+    if (err == ENOTCONN) return dead();
     return Status::FromErrno(err, "mountpoint '" + path + "'");
   }
   if (!S_ISDIR(st.st_mode)) {
     return Status::InvalidArgument("mountpoint '" + path + "' is not a directory");
   }
-  if (!DirectoryIsEmpty(path)) {
-    return Status::InvalidArgument("mountpoint '" + path + "' is not empty");
+  // The kernel may still answer stat() of a dead mount from its cache; listing it cannot.
+  DIR* dir = opendir(path.c_str());
+  if (!dir) {
+    int err = errno;
+    if (err == ENOTCONN) return dead();
+    return Status::FromErrno(err, "open mountpoint '" + path + "'");
   }
+  bool empty = true;
+  errno = 0;
+  while (dirent* e = readdir(dir)) {
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  int err = errno;
+  closedir(dir);
+  if (err == ENOTCONN) return dead();
+  if (!empty) return Status::InvalidArgument("mountpoint '" + path + "' is not empty");
   return Status::OK();
 }
 
