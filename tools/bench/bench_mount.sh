@@ -12,7 +12,7 @@ MKSNAP=$BUILD/tests/pgbackfs_make_snapshot
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 SIZE_MIB=${SIZE_MIB:-1024}
 NSEG=${NSEG:-200}
-SCALE=${SCALE:-220}  # pgbench scale that writes more than NSEG segments of WAL
+SCALE=${SCALE:-200}  # pgbench scale; more WAL is written if it falls short of NSEG segments
 [ -x "$PGBACKFS" ] && [ -x "$MKSNAP" ] || { echo "build first: $PGBACKFS, $MKSNAP" >&2; exit 2; }
 
 W=$(mktemp -d /tmp/pgbackfs-bench.XXXXXX)
@@ -24,6 +24,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 as_pg() { runuser -u postgres -- "$@"; }
 now() { date +%s.%N; }
@@ -96,9 +97,16 @@ EOF
 as_pg "$PGBIN/pg_ctl" -D "$PG" -l "$W/pglog/pg.log" -w start >/dev/null
 CLEAN+=("runuser -u postgres -- $PGBIN/pg_ctl -D '$PG' -m immediate stop")
 as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
-as_pg psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres -c "SELECT pg_switch_wal()" >/dev/null
+nsegs() { ls "$W/segs" | grep -cE '^[0-9A-F]{24}$'; }
+for _ in $(seq 1 20); do  # more WAL if pgbench -i was not enough
+  [ "$(nsegs)" -ge "$NSEG" ] && break
+  as_pg psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres \
+    -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 10 = 0" \
+    -c "SELECT pg_switch_wal()" >/dev/null
+  sleep 2
+done
 for _ in $(seq 1 600); do
-  [ "$(ls "$W/segs" | grep -cE '^[0-9A-F]{24}$')" -ge "$NSEG" ] && break
+  [ "$(nsegs)" -ge "$NSEG" ] && break
   sleep 1
 done
 mapfile -t SEGS < <(ls "$W/segs" | grep -E '^[0-9A-F]{24}$' | sort | head -n "$NSEG")
