@@ -9,6 +9,7 @@
 // otherwise.
 #include <fcntl.h>
 #include <grp.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <spawn.h>
 #include <spdlog/sinks/basic_file_sink.h>
@@ -153,6 +154,9 @@ struct MountArgs {
   bool foreground = false;
   bool debug = false;
   size_t dir_cache_mib = 32;
+  // The kernel page cache keeps the bytes of immutable files (keep_cache), so the daemon's cache
+  // of decompressed chunks mostly holds index blocks.
+  size_t chunk_cache_mib = 64;
 };
 
 // The daemon: opens the repository, serves the control socket and the mount until unmounted or
@@ -170,8 +174,11 @@ int RunMountDaemon(const MountArgs& args, const MountOptions& base, int ready_fd
   BlockTerminationSignals();
   SetUpLogging(args.repo, args.foreground);
 
+  // A few malloc arenas: with one per FUSE thread, freed chunk buffers pile up in each of them.
+  mallopt(M_ARENA_MAX, 4);
   OpenOptions open_options;
   open_options.lock_owner = "pgbackfs mount on '" + args.mountpoint + "'";
+  open_options.chunk_cache_bytes = args.chunk_cache_mib << 20;
   auto opened = Repository::Open(args.repo, open_options);
   if (!opened.ok()) {
     Status s = opened.status();
@@ -327,6 +334,8 @@ void AddMountCommands(CLI::App* app, CliContext* ctx) {
   mount->add_flag("--foreground", args->foreground, "stay in the foreground, log to stderr");
   mount->add_flag("--debug", args->debug, "log every FUSE request")->group("");
   mount->add_option("--dir-cache-mib", args->dir_cache_mib, "decoded directory cache (MiB)")
+      ->group("");
+  mount->add_option("--chunk-cache-mib", args->chunk_cache_mib, "decompressed chunk cache (MiB)")
       ->group("");
   mount->callback([args, ctx] {
     if (ctx->repos->in_daemon()) {
