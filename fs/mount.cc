@@ -199,6 +199,7 @@ Status FuseMount::Serve(const std::function<void(const Status&)>& on_ready) {
   fuse_loop_cfg_destroy(config);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   fuse_remove_signal_handlers(session_);
+  signal(SIGPIPE, SIG_IGN);  // restored to the default above; forwarded commands may still write
 
   Unmount();  // also unblocks the ready thread if the loop ended before answering it
   ready.join();

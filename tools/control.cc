@@ -487,9 +487,9 @@ void ControlServer::Serve(int conn) {
     return;
   }
 
-  std::string cmdline;
-  for (size_t i = 1; i < req.args.size(); ++i) cmdline += (i > 1 ? " " : "") + req.args[i];
-  spdlog::info("running forwarded command from pid {}: {}", cred.pid, cmdline);
+  // Only the command's name: its arguments may hold secrets (a connection string's password).
+  std::string command_name = req.args.size() > 1 ? req.args[1] : "";
+  spdlog::info("running forwarded command '{}' from pid {}", command_name, cred.pid);
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   CommandIo io;
   io.cwd = req.cwd;
@@ -544,7 +544,7 @@ void ControlServer::Serve(int conn) {
   if (done_fd >= 0) close(done_fd);
   fclose(io.out);
   fclose(io.err);
-  spdlog::info("forwarded command from pid {} exited with {}", cred.pid, code);
+  spdlog::info("forwarded command '{}' from pid {} exited with {}", command_name, cred.pid, code);
   std::string reply = EncodeControlReply(code);
   SendAll(conn, reply.data(), reply.size());
   close(conn);
