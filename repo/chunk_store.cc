@@ -222,8 +222,7 @@ Status ChunkStore::DecodeAndVerify(const ChunkId& id, std::string_view stored, s
       return Status::Corruption("chunk " + id.Hex() + " does not decompress");
     }
   } else {
-    return Status::Corruption("chunk " + id.Hex() + " has unknown codec " +
-                              std::to_string(codec));
+    return Status::Corruption("chunk " + id.Hex() + " has unknown codec " + std::to_string(codec));
   }
   if (ComputeChunkId(*out) != id) {
     return Status::Corruption("chunk " + id.Hex() + " does not match its hash");

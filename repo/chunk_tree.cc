@@ -104,8 +104,7 @@ uint64_t TreeReader::Span(int height) const {
   return span;
 }
 
-Result<std::shared_ptr<const std::string>> TreeReader::Block(const ChunkId& id,
-                                                             uint64_t children) {
+Result<std::shared_ptr<const std::string>> TreeReader::Block(const ChunkId& id, uint64_t children) {
   ASSIGN_OR_RETURN(auto block, store_->GetCached(id, children * kIdSize));
   return block;
 }

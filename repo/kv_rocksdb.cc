@@ -13,11 +13,16 @@ namespace pgbackfs {
 
 const char* CfName(Cf cf) {
   switch (cf) {
-    case Cf::kMeta: return "default";
-    case Cf::kChunks: return "chunks";
-    case Cf::kWal: return "wal";
-    case Cf::kOverlay: return "overlay";
-    case Cf::kCount: break;
+    case Cf::kMeta:
+      return "default";
+    case Cf::kChunks:
+      return "chunks";
+    case Cf::kWal:
+      return "wal";
+    case Cf::kOverlay:
+      return "overlay";
+    case Cf::kCount:
+      break;
   }
   return "?";
 }
@@ -132,8 +137,8 @@ class RocksStore : public KvStore {
   Status Write(const KvBatch& batch, bool sync) override {
     rocksdb::WriteBatch wb;
     for (const auto& op : batch.ops()) {
-      rocksdb::Status s = op.is_delete ? wb.Delete(handle(op.cf), op.key)
-                                       : wb.Put(handle(op.cf), op.key, op.value);
+      rocksdb::Status s =
+          op.is_delete ? wb.Delete(handle(op.cf), op.key) : wb.Put(handle(op.cf), op.key, op.value);
       if (!s.ok()) return Convert(s, "batch");
     }
     rocksdb::WriteOptions wo;

@@ -7,9 +7,8 @@
 
 #include <cerrno>
 #include <ctime>
-#include <random>
-
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "repo/coding.h"
 #include "repo/file_util.h"
@@ -64,8 +63,8 @@ Result<std::string> ParseCompression(const std::string& text) {
     } catch (...) {
     }
   }
-  return Status::InvalidArgument("compression must be 'none' or 'zstd:N' with N from 1 to 19, not '" +
-                                 text + "'");
+  return Status::InvalidArgument(
+      "compression must be 'none' or 'zstd:N' with N from 1 to 19, not '" + text + "'");
 }
 
 Status Repository::Init(const std::string& path, const RepoConfig& in) {
@@ -130,10 +129,10 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
     }
     config.format_version = j.at("format_version").get<int>();
     if (config.format_version > kFormatVersion) {
-      return Status::FailedPrecondition(
-          "repository '" + path + "' has format version " +
-          std::to_string(config.format_version) + ", newer than this pgbackfs supports (" +
-          std::to_string(kFormatVersion) + "); upgrade pgbackfs");
+      return Status::FailedPrecondition("repository '" + path + "' has format version " +
+                                        std::to_string(config.format_version) +
+                                        ", newer than this pgbackfs supports (" +
+                                        std::to_string(kFormatVersion) + "); upgrade pgbackfs");
     }
     config.chunk_size = j.at("chunk_size").get<size_t>();
     config.compression = j.at("compression").get<std::string>();
@@ -186,8 +185,8 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path,
     kv_options.block_cache_bytes = options.block_cache_bytes;
     ASSIGN_OR_RETURN(repo->kv_, OpenRocksDbStore(path + kDbDir, kv_options));
   }
-  repo->chunks_ = std::make_unique<ChunkStore>(repo->kv_.get(), config.zstd_level(),
-                                               options.chunk_cache_bytes);
+  repo->chunks_ =
+      std::make_unique<ChunkStore>(repo->kv_.get(), config.zstd_level(), options.chunk_cache_bytes);
   repo->reader_ = SnapshotReader(repo->chunks_.get(), config.chunk_size);
   return repo;
 }

@@ -181,8 +181,7 @@ SnapshotBuilder::SnapshotBuilder(ChunkStore* store, size_t chunk_size)
   root_.entry.mode = 0700;
 }
 
-Result<SnapshotBuilder::Node*> SnapshotBuilder::Parent(const std::string& path,
-                                                        std::string* leaf) {
+Result<SnapshotBuilder::Node*> SnapshotBuilder::Parent(const std::string& path, std::string* leaf) {
   std::vector<std::string> parts;
   RETURN_IF_ERROR(SplitPath(path, &parts));
   if (parts.empty()) return Status::InvalidArgument("empty path");

@@ -8,11 +8,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "repo/chunk_tree.h"
 #include "repo/coding.h"
@@ -27,7 +26,7 @@ struct Entry {
   uint32_t mode = 0600;  // permission bits only
   int64_t mtime_sec = 0;
   uint32_t mtime_nsec = 0;
-  FileData data;          // files: the content; directories: the encoded listing
+  FileData data;            // files: the content; directories: the encoded listing
   std::string link_target;  // symlinks
 
   bool is_dir() const { return type == EntryType::kDirectory; }
@@ -55,9 +54,9 @@ struct SnapshotInfo {
   std::string system_identifier;
   uint64_t logical_size = 0;  // sum of regular file sizes
   uint64_t file_count = 0;
-  uint64_t bytes_added = 0;   // stored bytes this snapshot added to the repository
-  std::string parent;         // the snapshot a sealed clone came from
-  Entry root;                 // the root directory entry (name "")
+  uint64_t bytes_added = 0;  // stored bytes this snapshot added to the repository
+  std::string parent;        // the snapshot a sealed clone came from
+  Entry root;                // the root directory entry (name "")
   nlohmann::json extra = nlohmann::json::object();
 
   nlohmann::json ToJson() const;  // the documented `--json` form, without `root`

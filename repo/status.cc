@@ -8,17 +8,28 @@ namespace pgbackfs {
 namespace {
 const char* CodeName(Status::Code code) {
   switch (code) {
-    case Status::Code::kOk: return "ok";
-    case Status::Code::kNotFound: return "not found";
-    case Status::Code::kCorruption: return "corruption";
-    case Status::Code::kInvalidArgument: return "invalid argument";
-    case Status::Code::kIOError: return "i/o error";
-    case Status::Code::kAlreadyExists: return "already exists";
-    case Status::Code::kBusy: return "busy";
-    case Status::Code::kNotSupported: return "not supported";
-    case Status::Code::kNoSpace: return "no space";
-    case Status::Code::kFailedPrecondition: return "failed precondition";
-    case Status::Code::kPermissionDenied: return "permission denied";
+    case Status::Code::kOk:
+      return "ok";
+    case Status::Code::kNotFound:
+      return "not found";
+    case Status::Code::kCorruption:
+      return "corruption";
+    case Status::Code::kInvalidArgument:
+      return "invalid argument";
+    case Status::Code::kIOError:
+      return "i/o error";
+    case Status::Code::kAlreadyExists:
+      return "already exists";
+    case Status::Code::kBusy:
+      return "busy";
+    case Status::Code::kNotSupported:
+      return "not supported";
+    case Status::Code::kNoSpace:
+      return "no space";
+    case Status::Code::kFailedPrecondition:
+      return "failed precondition";
+    case Status::Code::kPermissionDenied:
+      return "permission denied";
   }
   return "unknown";
 }
@@ -27,14 +38,20 @@ const char* CodeName(Status::Code code) {
 Status Status::FromErrno(int err, const std::string& what) {
   std::string msg = what + ": " + std::strerror(err);
   switch (err) {
-    case ENOENT: return NotFound(msg);
+    case ENOENT:
+      return NotFound(msg);
     case ENOSPC:
-    case EDQUOT: return NoSpace(msg);
-    case EEXIST: return AlreadyExists(msg);
+    case EDQUOT:
+      return NoSpace(msg);
+    case EEXIST:
+      return AlreadyExists(msg);
     case EACCES:
-    case EPERM: return PermissionDenied(msg);
-    case EINVAL: return InvalidArgument(msg);
-    default: return IOError(msg);
+    case EPERM:
+      return PermissionDenied(msg);
+    case EINVAL:
+      return InvalidArgument(msg);
+    default:
+      return IOError(msg);
   }
 }
 

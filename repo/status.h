@@ -69,7 +69,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}          // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return status_.ok(); }
@@ -92,10 +92,10 @@ class [[nodiscard]] Result {
 #define PGBACKFS_CONCAT(a, b) PGBACKFS_CONCAT_INNER(a, b)
 
 // Returns from the current function when `expr` (a Status) is not ok.
-#define RETURN_IF_ERROR(expr)                    \
-  do {                                           \
-    ::pgbackfs::Status _st = (expr);             \
-    if (!_st.ok()) return _st;                   \
+#define RETURN_IF_ERROR(expr)        \
+  do {                               \
+    ::pgbackfs::Status _st = (expr); \
+    if (!_st.ok()) return _st;       \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, F())`: unwraps a Result or returns its status.

@@ -82,7 +82,8 @@ Status TarReader::ParseHeader() {
   }
   if (zero_blocks_) return Status::Corruption("tar: data after an end-of-archive block");
   uint64_t chksum;
-  if (!ParseNumber(h + 148, 8, &chksum)) return Status::Corruption("tar: bad header checksum field");
+  if (!ParseNumber(h + 148, 8, &chksum))
+    return Status::Corruption("tar: bad header checksum field");
   uint64_t sum = 0;
   for (size_t i = 0; i < kBlock; ++i) {
     sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(h[i]);

@@ -39,11 +39,11 @@ class TarReader {
 
   TarSink* sink_;
   State state_ = State::kHeader;
-  std::string header_;      // partial 512-byte header
-  std::string meta_;        // body of a GNU 'L' or pax 'x' entry
-  std::string long_name_;   // from 'L' or pax path=
-  std::string long_link_;   // from 'K' or pax linkpath=
-  int64_t pax_size_ = -1;   // from pax size=
+  std::string header_;     // partial 512-byte header
+  std::string meta_;       // body of a GNU 'L' or pax 'x' entry
+  std::string long_name_;  // from 'L' or pax path=
+  std::string long_link_;  // from 'K' or pax linkpath=
+  int64_t pax_size_ = -1;  // from pax size=
   char meta_type_ = 0;
   uint64_t remaining_ = 0;  // data bytes left in the current entry
   uint64_t padding_ = 0;    // padding bytes left after it

@@ -5,13 +5,12 @@
 // which owns the repository and runs commands forwarded to it over its control socket.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "repo/repository.h"
 
@@ -21,7 +20,7 @@ namespace pgbackfs {
 struct CommandIo {
   FILE* out = stdout;
   FILE* err = stderr;
-  std::string cwd;      // the caller's working directory
+  std::string cwd;          // the caller's working directory
   bool err_is_tty = false;  // progress goes to `err` when it is a terminal
 
   std::string Abs(const std::string& path) const;  // `path` resolved against cwd
@@ -66,12 +65,12 @@ void AddListCommand(CLI::App* app, CliContext* ctx);
 void AddInfoCommand(CLI::App* app, CliContext* ctx);
 void AddRestoreCommand(CLI::App* app, CliContext* ctx);
 void AddVerifyCommand(CLI::App* app, CliContext* ctx);
-void AddMountCommands(CLI::App* app, CliContext* ctx);     // mount, umount
-void AddArchiveCommands(CLI::App* app, CliContext* ctx);   // archive-push, archive-get
-void AddDebugCommands(CLI::App* app, CliContext* ctx);     // hidden test hooks
+void AddMountCommands(CLI::App* app, CliContext* ctx);    // mount, umount
+void AddArchiveCommands(CLI::App* app, CliContext* ctx);  // archive-push, archive-get
+void AddDebugCommands(CLI::App* app, CliContext* ctx);    // hidden test hooks
 
 // Formatting helpers shared by commands.
-std::string FormatBytes(uint64_t bytes);     // "1.5 GiB"
-std::string FormatTime(int64_t unix_time);   // "2026-11-22 01:38:00 UTC"
+std::string FormatBytes(uint64_t bytes);    // "1.5 GiB"
+std::string FormatTime(int64_t unix_time);  // "2026-11-22 01:38:00 UTC"
 
 }  // namespace pgbackfs
