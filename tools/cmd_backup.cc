@@ -17,6 +17,7 @@
 #include "repo/tar_reader.h"
 #include "tools/cli.h"
 #include "tools/pg_client.h"
+#include "tools/progress.h"
 
 namespace pgbackfs {
 
@@ -54,72 +55,29 @@ class RunningBackupGuard {
   bool acquired_ = false;
 };
 
-// Progress on a terminal: "123.4 MiB / 750.0 MiB (16%)  85.2 MB/s  ETA 7s", redrawn with \r
-// at most four times a second.
-class ProgressLine {
- public:
-  ProgressLine(FILE* out, bool enabled) : out_(out), enabled_(enabled) {}
-  void set_total(uint64_t total) { total_ = total; }
-  void Message(const char* text) {
-    if (!enabled_) return;
-    fprintf(out_, "\r%-78s", text);
-    fflush(out_);
-    drawn_ = true;
-  }
-  void Update(uint64_t done, bool force = false) {
-    if (!enabled_) return;
-    auto now = Clock::now();
-    if (!force && drawn_ && now - last_ < std::chrono::milliseconds(250)) return;
-    if (!started_) {
-      start_ = now;
-      started_ = true;
-    }
-    last_ = now;
-    double secs = std::chrono::duration<double>(now - start_).count();
-    double rate = secs > 0.2 ? done / secs : 0;
-    char line[160];
-    int n = snprintf(line, sizeof(line), "%s", FormatBytes(done).c_str());
-    if (total_ > 0) {
-      uint64_t shown_total = std::max(total_, done);
-      n += snprintf(line + n, sizeof(line) - n, " / %s (%d%%)", FormatBytes(shown_total).c_str(),
-                    static_cast<int>(100.0 * done / shown_total));
-    }
-    if (rate > 0) {
-      n += snprintf(line + n, sizeof(line) - n, "  %.1f MB/s", rate / 1e6);
-      if (total_ > done) {
-        n += snprintf(line + n, sizeof(line) - n, "  ETA %.0fs", (total_ - done) / rate);
-      }
-    }
-    fprintf(out_, "\r%-78s", line);
-    fflush(out_);
-    drawn_ = true;
-  }
-  void End() {
-    if (enabled_ && drawn_) {
-      fprintf(out_, "\r%-78s\r", "");
-      fflush(out_);
-    }
-    drawn_ = false;
-  }
-
- private:
-  FILE* out_;
-  bool enabled_;
-  bool drawn_ = false;
-  bool started_ = false;
-  uint64_t total_ = 0;
-  Clock::time_point start_, last_;
-};
-
 // Drives a SnapshotBuilder from the BASE_BACKUP stream.
 class BackupReceiver : public BaseBackupHandler, private TarSink {
  public:
-  BackupReceiver(SnapshotBuilder* builder, ProgressLine* progress, int64_t manifest_mtime)
-      : builder_(builder), progress_(progress), manifest_mtime_(manifest_mtime), tar_(this) {}
+  // Progress goes to `progress_out` when `show_progress`.
+  BackupReceiver(SnapshotBuilder* builder, FILE* progress_out, bool show_progress,
+                 int64_t manifest_mtime)
+      : builder_(builder),
+        progress_out_(progress_out),
+        show_progress_(show_progress),
+        manifest_mtime_(manifest_mtime),
+        tar_(this) {}
 
   const std::string& start_lsn() const { return start_lsn_; }
   uint32_t start_timeline() const { return start_tli_; }
   uint64_t received() const { return received_; }
+  void EndProgress() {
+    if (progress_) {
+      progress_->Done();
+    } else if (show_progress_) {  // the checkpoint message
+      fprintf(progress_out_, "\r%-78s\r", "");
+      fflush(progress_out_);
+    }
+  }
 
   // Called once the server's COPY stream ended well: stores the manifest file.
   Status Finish() {
@@ -136,7 +94,6 @@ class BackupReceiver : public BaseBackupHandler, private TarSink {
                  const std::vector<TablespaceInfo>& tablespaces) override {
     start_lsn_ = start_lsn;
     start_tli_ = timeline;
-    uint64_t total = 0;
     for (const TablespaceInfo& t : tablespaces) {
       if (!t.is_main()) {
         return Status::NotSupported(
@@ -145,10 +102,11 @@ class BackupReceiver : public BaseBackupHandler, private TarSink {
             "'; only clusters whose data all live in the data directory "
             "can be backed up");
       }
-      if (t.size_kb > 0) total += static_cast<uint64_t>(t.size_kb) * 1024;
+      if (t.size_kb > 0) total_ += static_cast<uint64_t>(t.size_kb) * 1024;
     }
-    progress_->set_total(total);
-    progress_->Update(0, /*force=*/true);
+    // Created now so that its rate leaves out the checkpoint wait.
+    progress_.emplace(progress_out_, show_progress_, "backup");
+    progress_->Update(0, total_);
     return Status::OK();
   }
   Status OnArchive(const std::string& name, const std::string& location) override {
@@ -160,7 +118,7 @@ class BackupReceiver : public BaseBackupHandler, private TarSink {
   }
   Status OnArchiveData(std::string_view data) override {
     received_ += data.size();
-    progress_->Update(received_);
+    progress_->Update(received_, std::max(total_, received_));
     return tar_.Feed(data);
   }
   Status OnManifest() override {
@@ -170,7 +128,7 @@ class BackupReceiver : public BaseBackupHandler, private TarSink {
   }
   Status OnManifestData(std::string_view data) override {
     received_ += data.size();
-    progress_->Update(received_);
+    progress_->Update(received_, std::max(total_, received_));
     return manifest_->Append(data);
   }
 
@@ -209,7 +167,10 @@ class BackupReceiver : public BaseBackupHandler, private TarSink {
   }
 
   SnapshotBuilder* builder_;
-  ProgressLine* progress_;
+  FILE* progress_out_;
+  bool show_progress_;
+  std::optional<Progress> progress_;
+  uint64_t total_ = 0;  // the server's estimate
   int64_t manifest_mtime_;
   TarReader tar_;
   std::string start_lsn_;
@@ -244,7 +205,7 @@ Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   }
   const int64_t start_time = time(nullptr);
   const auto started = Clock::now();
-  ProgressLine progress(err, args.progress || ctx->io->err_is_tty);
+  const bool show_progress = args.progress || ctx->io->err_is_tty;
 
   ASSIGN_OR_RETURN(auto pg, PgReplicationConnection::Connect(args.conninfo));
   pg->SetNoticeHandler([err](std::string_view text) {
@@ -260,16 +221,20 @@ Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   info.label = args.label.empty() ? "pgbackfs backup " + info.id : args.label;
 
   std::unique_ptr<SnapshotBuilder> builder = repo->NewSnapshotBuilder();
-  BackupReceiver receiver(builder.get(), &progress, start_time);
+  BackupReceiver receiver(builder.get(), err, show_progress, start_time);
   BaseBackupOptions options;
   options.label = info.label;
   options.fast_checkpoint = args.fast_checkpoint;
   options.max_rate_kb = args.max_rate_kb;
-  progress.Message(args.fast_checkpoint ? "waiting for a fast checkpoint"
-                                        : "waiting for a spread checkpoint "
-                                          "(--fast-checkpoint to hurry it)");
+  if (show_progress) {
+    fprintf(err, "\r%-78s",
+            args.fast_checkpoint ? "backup: waiting for a fast checkpoint"
+                                 : "backup: waiting for a spread checkpoint (--fast-checkpoint "
+                                   "to hurry it)");
+    fflush(err);
+  }
   Result<BaseBackupResult> end = pg->BaseBackup(options, &receiver);
-  progress.End();
+  receiver.EndProgress();
   if (!end.ok()) return end.status();
   RETURN_IF_ERROR(receiver.Finish());
   ASSIGN_OR_RETURN(info.root, builder->Finish());
@@ -306,8 +271,7 @@ Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
           " all-zero; logical/new %.1fx\n",
           reused, stats.chunks, stats.zero_chunks,
           info.bytes_added ? static_cast<double>(info.logical_size) / info.bytes_added : 0.0);
-  fprintf(out, "  elapsed       %.1f s, %.1f MB/s\n", secs,
-          secs > 0 ? receiver.received() / secs / 1e6 : 0.0);
+  fprintf(out, "  elapsed       %.1f s, %s\n", secs, FormatRate(receiver.received(), secs).c_str());
   return Status::OK();
 }
 
