@@ -1,8 +1,13 @@
 #include "tools/pg_client.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 
 namespace pgbackfs {
 
@@ -31,6 +36,100 @@ std::string OneLine(const char* text) {
   }
   return out;
 }
+
+struct PqFree {
+  void operator()(char* p) const { PQfreemem(p); }
+};
+
+// Reads a COPY OUT stream on a thread of its own, so that the server keeps sending (and the
+// kernel keeps receiving) while the caller works on what came before. Messages wait in a queue
+// bounded in bytes, in libpq's own buffers: nothing is copied. The connection belongs to the
+// thread from construction until the destructor has joined it.
+class CopyStreamReader {
+ public:
+  struct Message {
+    std::unique_ptr<char, PqFree> data;
+    size_t size = 0;
+  };
+
+  CopyStreamReader(PGconn* conn, size_t max_queued_bytes)
+      : conn_(conn), max_bytes_(max_queued_bytes), thread_([this] { Run(); }) {}
+  ~CopyStreamReader() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    not_full_.notify_all();
+    thread_.join();
+  }
+
+  // Waits for the next message. False at the end of the stream; on a broken stream, false with
+  // `*error` set to libpq's message.
+  bool Next(Message* msg, std::string* error) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_empty_.wait(lock, [&] { return !queue_.empty() || finished_; });
+    if (queue_.empty()) {
+      *error = error_;
+      return false;
+    }
+    *msg = std::move(queue_.front());
+    queue_.pop_front();
+    bool was_full = queued_bytes_ >= max_bytes_;
+    queued_bytes_ -= msg->size;
+    lock.unlock();
+    if (was_full) not_full_.notify_one();
+    return true;
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      char* buf = nullptr;
+      int n = PQgetCopyData(conn_, &buf, /*async=*/1);
+      if (n > 0) {
+        Message msg{std::unique_ptr<char, PqFree>(buf), static_cast<size_t>(n)};
+        std::unique_lock<std::mutex> lock(mu_);
+        not_full_.wait(lock, [&] { return queued_bytes_ < max_bytes_ || stop_; });
+        if (stop_) return;
+        bool was_empty = queue_.empty();
+        queued_bytes_ += msg.size;
+        queue_.push_back(std::move(msg));
+        lock.unlock();
+        if (was_empty) not_empty_.notify_one();
+        continue;
+      }
+      if (n == 0) {  // no complete message buffered: wait for the socket, a stop at most 100 ms
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (stop_) return;
+        }
+        pollfd p{PQsocket(conn_), POLLIN, 0};
+        poll(&p, 1, 100);
+        if (PQconsumeInput(conn_)) continue;
+      }
+      // -1: the stream ended; -2 or a failed read: it broke.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (n != -1) {
+        error_ = OneLine(PQerrorMessage(conn_));
+        if (error_.empty()) error_ = "connection lost";
+      }
+      finished_ = true;
+      not_empty_.notify_one();
+      return;
+    }
+  }
+
+  PGconn* conn_;
+  const size_t max_bytes_;
+  std::mutex mu_;
+  std::condition_variable not_empty_, not_full_;
+  std::deque<Message> queue_;  // GUARDED_BY(mu_), and so are the four below
+  size_t queued_bytes_ = 0;
+  bool finished_ = false;
+  bool stop_ = false;
+  std::string error_;
+  std::thread thread_;  // last: starts once everything above is constructed
+};
 
 bool Contains(const std::string& haystack, const char* needle) {
   return haystack.find(needle) != std::string::npos;
@@ -274,16 +373,14 @@ Result<BaseBackupResult> PgReplicationConnection::BaseBackup(const BaseBackupOpt
   }
   res.reset();
   bool in_manifest = false, in_archive = false;
-  for (;;) {
-    char* buf = nullptr;
-    int n = PQgetCopyData(conn_, &buf, /*async=*/0);
-    if (n == -1) break;  // end of the COPY stream
-    if (n == -2 || !buf) {
-      return Status::IOError("base backup stream broke: " + LastError());
-    }
-    std::unique_ptr<char, decltype(&PQfreemem)> owned(buf, &PQfreemem);
-    if (n < 1) return Status::IOError("base backup stream: empty message");
-    std::string_view msg(buf + 1, static_cast<size_t>(n - 1));
+  // 16 MiB in flight at most: memory stays bounded whatever the database size.
+  auto reader = std::make_unique<CopyStreamReader>(conn_, 16 << 20);
+  CopyStreamReader::Message message;
+  std::string stream_error;
+  while (reader->Next(&message, &stream_error)) {
+    const char* buf = message.data.get();
+    const size_t n = message.size;
+    std::string_view msg(buf + 1, n - 1);
     switch (buf[0]) {
       case 'n': {  // new archive: name\0 location\0
         size_t a = msg.find('\0');
@@ -322,6 +419,10 @@ Result<BaseBackupResult> PgReplicationConnection::BaseBackup(const BaseBackupOpt
         return Status::IOError("base backup stream: unknown message type '" +
                                std::string(1, buf[0]) + "'");
     }
+  }
+  reader.reset();  // joined: the connection is ours again
+  if (!stream_error.empty()) {
+    return Status::IOError("base backup stream broke: " + RedactPasswords(stream_error, conninfo_));
   }
 
   // 4. The end position, then the command's completion. A failure found by the server at the
