@@ -260,7 +260,19 @@ Status SnapshotBuilder::AddSmallFile(const std::string& path, uint32_t mode, int
   return AddFile(path, mode, mtime, fd);
 }
 
+Status SnapshotBuilder::AddStoredDirectory(const std::string& path, const Entry& dir) {
+  std::string leaf;
+  ASSIGN_OR_RETURN(Node * parent, Parent(path, &leaf));
+  auto node = std::make_unique<Node>();
+  node->entry = dir;
+  node->entry.name = leaf;
+  node->stored = true;
+  parent->children[leaf] = std::move(node);
+  return Status::OK();
+}
+
 Status SnapshotBuilder::StoreDir(Node* node) {
+  if (node->stored) return Status::OK();
   std::vector<Entry> entries;
   entries.reserve(node->children.size());
   for (auto& [name, child] : node->children) {  // std::map: sorted by name

@@ -77,6 +77,8 @@ class SnapshotBuilder {
   Status AddDirectory(const std::string& path, uint32_t mode, int64_t mtime);
   Status AddSymlink(const std::string& path, const std::string& target, int64_t mtime);
   Status AddFile(const std::string& path, uint32_t mode, int64_t mtime, const FileData& data);
+  // A directory whose listing is already stored (from another snapshot), taken as it is.
+  Status AddStoredDirectory(const std::string& path, const Entry& dir);
   // Convenience for small files held in memory.
   Status AddSmallFile(const std::string& path, uint32_t mode, int64_t mtime, std::string_view data);
 
@@ -88,6 +90,7 @@ class SnapshotBuilder {
  private:
   struct Node {
     Entry entry;
+    bool stored = false;  // entry.data already names a stored listing
     std::map<std::string, std::unique_ptr<Node>> children;
   };
   Result<Node*> Parent(const std::string& path, std::string* leaf);

@@ -30,6 +30,12 @@ const char* CodeName(Status::Code code) {
       return "failed precondition";
     case Status::Code::kPermissionDenied:
       return "permission denied";
+    case Status::Code::kNotEmpty:
+      return "not empty";
+    case Status::Code::kIsADirectory:
+      return "is a directory";
+    case Status::Code::kNotADirectory:
+      return "not a directory";
   }
   return "unknown";
 }
@@ -50,6 +56,12 @@ Status Status::FromErrno(int err, const std::string& what) {
       return PermissionDenied(msg);
     case EINVAL:
       return InvalidArgument(msg);
+    case ENOTEMPTY:
+      return NotEmpty(msg);
+    case EISDIR:
+      return IsADirectory(msg);
+    case ENOTDIR:
+      return NotADirectory(msg);
     default:
       return IOError(msg);
   }

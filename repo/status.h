@@ -23,6 +23,9 @@ class [[nodiscard]] Status {
     kNoSpace,
     kFailedPrecondition,
     kPermissionDenied,
+    kNotEmpty,       // a directory that must be empty is not (ENOTEMPTY)
+    kIsADirectory,   // EISDIR
+    kNotADirectory,  // ENOTDIR
   };
 
   Status() = default;
@@ -46,6 +49,13 @@ class [[nodiscard]] Status {
   }
   static Status PermissionDenied(std::string msg) {
     return Status(Code::kPermissionDenied, std::move(msg));
+  }
+  static Status NotEmpty(std::string msg) { return Status(Code::kNotEmpty, std::move(msg)); }
+  static Status IsADirectory(std::string msg) {
+    return Status(Code::kIsADirectory, std::move(msg));
+  }
+  static Status NotADirectory(std::string msg) {
+    return Status(Code::kNotADirectory, std::move(msg));
   }
   // An IOError or NoSpace built from errno, naming what failed: "open 'path': No such file".
   static Status FromErrno(int err, const std::string& what);

@@ -64,6 +64,7 @@ int RunCli(const std::vector<std::string>& args, CommandIo* io, RepoProvider* re
   AddVerifyCommand(&app, &ctx);
   AddMountCommands(&app, &ctx);
   AddArchiveCommands(&app, &ctx);
+  AddCloneCommands(&app, &ctx);
   AddDebugCommands(&app, &ctx);
 
   std::vector<std::string> reversed(args.rbegin(), args.rend() - 1);

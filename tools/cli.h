@@ -67,6 +67,7 @@ void AddRestoreCommand(CLI::App* app, CliContext* ctx);
 void AddVerifyCommand(CLI::App* app, CliContext* ctx);
 void AddMountCommands(CLI::App* app, CliContext* ctx);    // mount, umount
 void AddArchiveCommands(CLI::App* app, CliContext* ctx);  // archive-push, archive-get
+void AddCloneCommands(CLI::App* app, CliContext* ctx);    // clone create, list, drop, seal
 void AddDebugCommands(CLI::App* app, CliContext* ctx);    // hidden test hooks
 
 // Formatting helpers shared by commands.

@@ -1,0 +1,232 @@
+// pgbackfs clone create|list|drop|seal: writable copy-on-write clones of snapshots, prepared so
+// that `pg_ctl -D MOUNT/clones/NAME start` recovers to a consistent state and runs.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "repo/clone.h"
+#include "tools/cli.h"
+
+namespace pgbackfs {
+
+namespace {
+
+// A TCP port that nothing listens on right now.
+Result<int> FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::FromErrno(errno, "socket");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  Status s;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    s = Status::FromErrno(errno, "find a free port");
+  }
+  close(fd);
+  RETURN_IF_ERROR(s);
+  return static_cast<int>(ntohs(addr.sin_port));
+}
+
+// The pid in the clone's postmaster.pid if that process is alive, else 0.
+Result<int> RunningPostmaster(CloneFs* fs) {
+  auto attr = fs->LookupPath("postmaster.pid");
+  if (!attr.ok()) {
+    if (attr.status().IsNotFound()) return 0;
+    return attr.status();
+  }
+  std::string text;
+  RETURN_IF_ERROR(fs->Read(attr->ino, 0, 64, &text));
+  int pid = atoi(text.c_str());
+  if (pid <= 0) return 0;
+  if (kill(pid, 0) == 0 || errno == EPERM) return pid;
+  return 0;
+}
+
+std::string QuoteConf(const std::string& value) {
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\'')
+      out += "''";
+    else
+      out += c;
+  }
+  return out + "'";
+}
+
+struct PrepareOptions {
+  int port = 0;
+  std::vector<std::pair<std::string, std::string>> settings;  // extra recovery settings
+};
+
+// Makes the clone startable: no stale pid files, recovery.signal, and settings appended to
+// postgresql.auto.conf (which postgres reads last, so they win).
+Status PrepareForStart(CloneFs* fs, const PrepareOptions& options) {
+  RETURN_IF_ERROR(fs->RemovePath("postmaster.pid"));
+  RETURN_IF_ERROR(fs->RemovePath("postmaster.opts"));
+  RETURN_IF_ERROR(fs->WriteWholeFile("recovery.signal", ""));
+  std::string conf;
+  auto attr = fs->LookupPath("postgresql.auto.conf");
+  if (attr.ok()) {
+    RETURN_IF_ERROR(fs->Read(attr->ino, 0, attr->size, &conf));
+    if (!conf.empty() && conf.back() != '\n') conf += "\n";
+  } else if (!attr.status().IsNotFound()) {
+    return attr.status();
+  }
+  conf += "# Added by pgbackfs clone create. The clone lives at MOUNT/clones/NAME, so the\n";
+  conf += "# archive is ../../wal from the data directory (postgres runs restore_command there).\n";
+  conf += "port = " + std::to_string(options.port) + "\n";
+  conf += "restore_command = " + QuoteConf("cp ../../wal/%f \"%p\"") + "\n";
+  conf += "recovery_init_sync_method = 'syncfs'\n";
+  conf += "archive_mode = 'off'\n";
+  for (const auto& [k, v] : options.settings) conf += k + " = " + QuoteConf(v) + "\n";
+  RETURN_IF_ERROR(fs->WriteWholeFile("postgresql.auto.conf", conf));
+  return fs->Fsync();
+}
+
+}  // namespace
+
+void AddCloneCommands(CLI::App* app, CliContext* ctx) {
+  CLI::App* clone = app->add_subcommand("clone", "writable copy-on-write clones of snapshots");
+  clone->require_subcommand(1);
+
+  struct CreateArgs {
+    std::string repo, name, from;
+    int port = 0;
+  };
+  auto c = std::make_shared<CreateArgs>();
+  CLI::App* create = clone->add_subcommand(
+      "create", "create a clone; start it with pg_ctl -D MOUNT/clones/NAME start");
+  create->add_option("REPO", c->repo, "repository directory")->required();
+  create->add_option("NAME", c->name, "clone name")->required();
+  create->add_option("--from", c->from, "snapshot id, or 'latest'")->required();
+  create->add_option("--port", c->port, "port the clone's postgres listens on (default: free)")
+      ->check(CLI::Range(1, 65535));
+  create->callback([c, ctx] {
+    Repository* repo = ctx->OpenRepo(c->repo);
+    if (!repo) return;
+    auto snap = repo->GetSnapshot(c->from);
+    if (!snap.ok()) return ctx->Fail(snap.status());
+    PrepareOptions options;
+    options.port = c->port;
+    if (options.port == 0) {
+      auto port = FreePort();
+      if (!port.ok()) return ctx->Fail(port.status());
+      options.port = *port;
+    }
+    options.settings = {{"recovery_target", "immediate"}, {"recovery_target_action", "promote"}};
+    auto info = CloneFs::Create(repo, c->name, *snap);
+    if (!info.ok()) return ctx->Fail(info.status());
+    auto fs = CloneFs::Open(repo, c->name);
+    Status s = fs.ok() ? PrepareForStart(fs->get(), options) : fs.status();
+    if (!s.ok()) {
+      if (fs.ok()) fs->reset();
+      (void)CloneFs::Drop(repo, c->name);  // leave no half-prepared clone behind
+      return ctx->Fail(s.WithContext("prepare clone '" + c->name + "'"));
+    }
+    fprintf(ctx->io->out,
+            "created clone '%s' of snapshot %s (port %d)\n"
+            "start it with: pg_ctl -D MOUNT/clones/%s start\n",
+            c->name.c_str(), snap->id.c_str(), options.port, c->name.c_str());
+  });
+
+  struct ListArgs {
+    std::string repo;
+    bool json = false;
+  };
+  auto l = std::make_shared<ListArgs>();
+  CLI::App* list = clone->add_subcommand("list", "list clones");
+  list->add_option("REPO", l->repo, "repository directory")->required();
+  list->add_flag("--json", l->json, "machine-readable output");
+  list->callback([l, ctx] {
+    Repository* repo = ctx->OpenRepo(l->repo);
+    if (!repo) return;
+    auto clones = CloneFs::List(repo);
+    if (!clones.ok()) return ctx->Fail(clones.status());
+    nlohmann::json j = {{"clones", nlohmann::json::array()}};
+    if (!l->json && clones->empty()) fprintf(ctx->io->out, "no clones\n");
+    if (!l->json && !clones->empty()) {
+      fprintf(ctx->io->out, "%-24s %-20s %-24s %s\n", "NAME", "SNAPSHOT", "CREATED", "POSTMASTER");
+    }
+    for (const CloneInfo& info : *clones) {
+      int pid = 0;
+      if (auto fs = CloneFs::Open(repo, info.name); fs.ok()) {
+        auto running = RunningPostmaster(fs->get());
+        pid = running.ok() ? *running : 0;
+      }
+      if (l->json) {
+        nlohmann::json one = info.ToJson();
+        one.erase("id");
+        one["postmaster_pid"] = pid;
+        j["clones"].push_back(one);
+      } else {
+        fprintf(ctx->io->out, "%-24s %-20s %-24s %s\n", info.name.c_str(), info.snapshot.c_str(),
+                FormatTime(info.created).c_str(),
+                pid ? ("running, pid " + std::to_string(pid)).c_str() : "stopped");
+      }
+    }
+    if (l->json) fprintf(ctx->io->out, "%s\n", j.dump(2).c_str());
+  });
+
+  struct DropArgs {
+    std::string repo, name;
+    bool force = false;
+  };
+  auto d = std::make_shared<DropArgs>();
+  CLI::App* drop = clone->add_subcommand("drop", "delete a clone and its changes");
+  drop->add_option("REPO", d->repo, "repository directory")->required();
+  drop->add_option("NAME", d->name, "clone name")->required();
+  drop->add_flag("--force", d->force, "drop even if its postmaster is running");
+  drop->callback([d, ctx] {
+    Repository* repo = ctx->OpenRepo(d->repo);
+    if (!repo) return;
+    auto fs = CloneFs::Open(repo, d->name);
+    if (!fs.ok()) return ctx->Fail(fs.status());
+    auto pid = RunningPostmaster(fs->get());
+    if (!pid.ok()) return ctx->Fail(pid.status());
+    if (*pid && !d->force) {
+      return ctx->Fail(
+          Status::FailedPrecondition("clone '" + d->name + "' has a running postmaster (pid " +
+                                     std::to_string(*pid) + "); stop it first, or use --force"));
+    }
+    fs->reset();
+    Status s = CloneFs::Drop(repo, d->name);
+    if (!s.ok()) return ctx->Fail(s);
+    fprintf(ctx->io->out, "dropped clone '%s'\n", d->name.c_str());
+  });
+
+  struct SealArgs {
+    std::string repo, name, label;
+  };
+  auto sa = std::make_shared<SealArgs>();
+  CLI::App* seal =
+      clone->add_subcommand("seal", "turn a stopped clone into a new immutable snapshot");
+  seal->add_option("REPO", sa->repo, "repository directory")->required();
+  seal->add_option("NAME", sa->name, "clone name")->required();
+  seal->add_option("--label", sa->label, "label of the new snapshot")->required();
+  seal->callback([sa, ctx] {
+    Repository* repo = ctx->OpenRepo(sa->repo);
+    if (!repo) return;
+    auto fs = CloneFs::Open(repo, sa->name);
+    if (!fs.ok()) return ctx->Fail(fs.status());
+    auto pid = RunningPostmaster(fs->get());
+    if (!pid.ok()) return ctx->Fail(pid.status());
+    if (*pid) {
+      return ctx->Fail(Status::FailedPrecondition(
+          "clone '" + sa->name + "' has a running postmaster (pid " + std::to_string(*pid) +
+          "); stop it (pg_ctl stop) before sealing"));
+    }
+    auto snap = (*fs)->Seal(sa->label);
+    if (!snap.ok()) return ctx->Fail(snap.status());
+    fprintf(ctx->io->out, "sealed clone '%s' as snapshot %s (%s, %s added)\n", sa->name.c_str(),
+            snap->id.c_str(), FormatBytes(snap->logical_size).c_str(),
+            FormatBytes(snap->bytes_added).c_str());
+  });
+}
+
+}  // namespace pgbackfs
