@@ -108,6 +108,10 @@ class RocksStore : public KvStore {
         cfo.target_file_size_base = 64 << 20;
         cfo.max_bytes_for_level_base = 512 << 20;
         cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(32 << 10)));
+        // Most lookups during a backup ask for chunks that are not stored yet: a memtable bloom
+        // filter answers those without walking the skip list.
+        cfo.memtable_whole_key_filtering = true;
+        cfo.memtable_prefix_bloom_size_ratio = 0.05;
       } else {
         cfo.compression = rocksdb::kZSTD;
         cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(4 << 10)));
