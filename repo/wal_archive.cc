@@ -302,10 +302,9 @@ Status WalArchive::List(const std::function<Status(const WalFileInfo&)>& fn) {
   return it->status();
 }
 
-Result<uint64_t> WalArchive::SegmentSize() { return SegmentSizeLocked(); }
+Result<uint64_t> WalArchive::SegmentSize() { return ReadSegmentSize(); }
 
-// Reading needs no lock (one Get); the name says it is also what CommitFile uses under the lock.
-Result<uint64_t> WalArchive::SegmentSizeLocked() {
+Result<uint64_t> WalArchive::ReadSegmentSize() {
   std::string value;
   Status s = repo_->kv()->Get(Cf::kMeta, kWalSegmentSizeKey, &value);
   if (s.IsNotFound()) return uint64_t{0};
@@ -328,7 +327,7 @@ Status WalArchive::CheckSegmentSize(uint64_t size) {
                                    " (a power of two from 1 MiB to 1 GiB)");
   }
   std::lock_guard<std::mutex> lock(commit_mu_);
-  ASSIGN_OR_RETURN(uint64_t stored, SegmentSizeLocked());
+  ASSIGN_OR_RETURN(uint64_t stored, ReadSegmentSize());
   if (stored == size) return Status::OK();
   if (stored != 0) {
     return Status::FailedPrecondition("this repository's WAL segment size is " +
@@ -381,7 +380,7 @@ Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed
     return Status::InvalidArgument("WAL file " + Quoted(name) + " is empty");
   }
   std::lock_guard<std::mutex> lock(commit_mu_);
-  ASSIGN_OR_RETURN(uint64_t stored_seg_size, SegmentSizeLocked());
+  ASSIGN_OR_RETURN(uint64_t stored_seg_size, ReadSegmentSize());
   uint64_t seg_size = 0;
   if (IsSegmentLike(parsed.kind)) {
     RETURN_IF_ERROR(ValidateSegment(name, parsed, data, head, stored_seg_size, &seg_size));

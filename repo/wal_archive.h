@@ -88,7 +88,7 @@ class WalArchive {
                     std::string_view head);
   Status ValidateSegment(const std::string& name, const WalFileName& parsed, const FileData& data,
                          std::string_view head, uint64_t stored_seg_size, uint64_t* seg_size);
-  Result<uint64_t> SegmentSizeLocked();
+  Result<uint64_t> ReadSegmentSize();  // one Get; callers that decide on it hold commit_mu_
 
   Repository* repo_;
   // Serializes every check-and-write of a record (and of the segment size), so that two writers
