@@ -84,6 +84,10 @@ class RocksStore : public KvStore {
     db_options.max_total_wal_size = 256 << 20;
     db_options.keep_log_file_num = 4;
     db_options.max_manifest_file_size = 64 << 20;
+    // Short-lived commands (archive-push per segment) must not open every SST file at start-up.
+    db_options.max_open_files = 512;
+    db_options.skip_stats_update_on_db_open = true;
+    db_options.skip_checking_sst_file_sizes_on_db_open = true;
 
     auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
     auto table_options = [&](size_t block_size) {
