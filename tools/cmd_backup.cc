@@ -15,6 +15,7 @@
 
 #include "repo/chunk_tree.h"
 #include "repo/tar_reader.h"
+#include "repo/wal_archive.h"
 #include "tools/cli.h"
 #include "tools/pg_client.h"
 #include "tools/progress.h"
@@ -196,6 +197,20 @@ struct BackupArgs {
   uint32_t max_rate_kb = 0;
 };
 
+// "16MB" (as SHOW prints a size) in bytes.
+Result<uint64_t> ParseServerSize(const std::string& text) {
+  char* end = nullptr;
+  unsigned long long n = std::strtoull(text.c_str(), &end, 10);
+  std::string unit = end ? end : "";
+  uint64_t mult = unit == "kB"                  ? 1ull << 10
+                  : unit == "MB"                ? 1ull << 20
+                  : unit == "GB"                ? 1ull << 30
+                  : unit.empty() || unit == "B" ? 1
+                                                : 0;
+  if (n == 0 || mult == 0) return Status::InvalidArgument("unexpected size '" + text + "'");
+  return n * mult;
+}
+
 Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   FILE* out = ctx->io->out;
   FILE* err = ctx->io->err;
@@ -215,6 +230,11 @@ Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   // Invariant 10, before anything is stored.
   RETURN_IF_ERROR(repo->CheckSystemIdentifier(ident.system_identifier)
                       .WithContext("refusing to back up " + pg->Describe()));
+  // The cluster's WAL segment size is fixed too: the archive refuses segments of another size.
+  ASSIGN_OR_RETURN(std::string seg_text, pg->Show("wal_segment_size"));
+  ASSIGN_OR_RETURN(uint64_t seg_size, ParseServerSize(seg_text));
+  RETURN_IF_ERROR(WalArchive(repo).CheckSegmentSize(seg_size).WithContext("refusing to back up " +
+                                                                          pg->Describe()));
 
   SnapshotInfo info;
   ASSIGN_OR_RETURN(info.id, repo->NewSnapshotId(start_time));

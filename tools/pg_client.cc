@@ -322,6 +322,19 @@ Result<SystemIdentity> PgReplicationConnection::IdentifySystem() {
   return id;
 }
 
+Result<std::string> PgReplicationConnection::Show(const std::string& setting) {
+  for (char c : setting) {
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '_') {
+      return Status::InvalidArgument("bad setting name '" + setting + "'");
+    }
+  }
+  PgResult res(PQexec(conn_, ("SHOW " + setting).c_str()));
+  if (PQresultStatus(res.get()) != PGRES_TUPLES_OK || PQntuples(res.get()) != 1) {
+    return Status::IOError("SHOW " + setting + " failed: " + LastError());
+  }
+  return std::string(PQgetvalue(res.get(), 0, 0));
+}
+
 Result<BaseBackupResult> PgReplicationConnection::BaseBackup(const BaseBackupOptions& options,
                                                              BaseBackupHandler* handler) {
   ASSIGN_OR_RETURN(std::string label, QuoteReplicationLiteral(options.label));

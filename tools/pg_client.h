@@ -88,6 +88,8 @@ class PgReplicationConnection {
   std::string Describe() const;
 
   Result<SystemIdentity> IdentifySystem();
+  // SHOW `setting` (allowed on replication connections), as the server prints it ("16MB").
+  Result<std::string> Show(const std::string& setting);
   // Runs BASE_BACKUP (PG15 syntax, TARGET 'client', WAL included, manifest with CRC32C checksums)
   // and streams everything into `handler`. The connection cannot be used again after an error.
   Result<BaseBackupResult> BaseBackup(const BaseBackupOptions& options, BaseBackupHandler* handler);
