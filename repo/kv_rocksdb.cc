@@ -162,6 +162,12 @@ class RocksStore : public KvStore {
 
   Status Sync() override { return Convert(db_->SyncWAL(), "sync wal"); }
 
+  Status Flush() override {
+    rocksdb::FlushOptions fo;
+    fo.wait = true;
+    return Convert(db_->Flush(fo, handles_), "flush");
+  }
+
   uint64_t ApproximateSize(Cf cf) override {
     uint64_t live = 0;
     db_->GetIntProperty(handle(cf), "rocksdb.live-sst-files-size", &live);

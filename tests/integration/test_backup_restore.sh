@@ -156,10 +156,34 @@ restore_and_check "$SNAP3" "$T/restored3" "$(free_port)"
 [ "$COUNTS" = "$CHANGED_COUNTS" ] || fail "restored rows '$COUNTS', expected '$CHANGED_COUNTS'"
 log "ok: the second backup restores with the changed rows"
 
-log "verify, then a damaged chunk"
+log "verify, then a damaged chunk in a copy of the repository"
 "$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "verify"; }
 REL=$(psql_q "$PORT" "select pg_relation_filepath('pgbench_accounts')")
-"$PGBACKFS" debug corrupt-chunk "$REPO" "$SNAP1" "$REL" --offset 8192 >/dev/null
-expect_error 1 "$REL" "verify of a damaged repository" "$PGBACKFS" verify "$REPO" "$SNAP1"
-expect_error 1 "" "restore of a damaged snapshot" "$PGBACKFS" restore "$REPO" "$SNAP1" "$T/damaged"
+cp -a "$REPO" "$T/copy1"
+"$PGBACKFS" debug corrupt-chunk "$T/copy1" "$SNAP1" "$REL" --offset 8192 >/dev/null
+expect_error 1 "$REL" "verify of one damaged snapshot" "$PGBACKFS" verify "$T/copy1" "$SNAP1"
+expect_error 1 "file '$REL' offset 8192" "verify of a damaged repository" "$PGBACKFS" verify "$T/copy1"
+expect_error 1 "$REL" "restore of a damaged snapshot" "$PGBACKFS" restore "$T/copy1" "$SNAP1" "$T/damaged"
+# The damaged page's range was never written (it reads as the zeros of a fresh file).
+if [ -f "$T/damaged/$REL" ]; then
+  dd if="$T/damaged/$REL" bs=8192 skip=1 count=1 2>/dev/null | cmp -s - <(head -c 8192 /dev/zero) ||
+    fail "restore wrote the damaged page"
+fi
+
+log "a flipped byte inside a RocksDB table file (copy of the repository)"
+cp -a "$REPO" "$T/copy2"
+"$PGBACKFS" debug flush "$T/copy2"
+SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
+python3 - "$SST" <<'PY'
+import os, sys
+path = sys.argv[1]
+size = os.path.getsize(path)
+with open(path, "r+b") as f:
+    f.seek(size // 3)
+    b = f.read(1)
+    f.seek(size // 3)
+    f.write(bytes([b[0] ^ 0x5a]))
+PY
+expect_error 1 "DAMAGED" "verify after a byte flip in $(basename "$SST")" "$PGBACKFS" verify "$T/copy2"
+"$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "the original repository no longer verifies"; }
 log "PASS"
