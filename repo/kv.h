@@ -77,6 +77,8 @@ class KvStore {
   virtual std::unique_ptr<KvIterator> NewIterator(Cf cf) = 0;
   // Makes every earlier write durable.
   virtual Status Sync() = 0;
+  // Writes in-memory tables out to the store's files (RocksDB: flushes memtables to SSTs).
+  virtual Status Flush() = 0;
   // Approximate bytes on disk, for `info`.
   virtual uint64_t ApproximateSize(Cf cf) = 0;
 };

@@ -84,6 +84,10 @@ class RocksStore : public KvStore {
     db_options.max_total_wal_size = 256 << 20;
     db_options.keep_log_file_num = 4;
     db_options.max_manifest_file_size = 64 << 20;
+    // Short-lived commands (archive-push per segment) must not open every SST file at start-up.
+    db_options.max_open_files = 512;
+    db_options.skip_stats_update_on_db_open = true;
+    db_options.skip_checking_sst_file_sizes_on_db_open = true;
 
     auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
     auto table_options = [&](size_t block_size) {
@@ -108,6 +112,10 @@ class RocksStore : public KvStore {
         cfo.target_file_size_base = 64 << 20;
         cfo.max_bytes_for_level_base = 512 << 20;
         cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(32 << 10)));
+        // Most lookups during a backup ask for chunks that are not stored yet: a memtable bloom
+        // filter answers those without walking the skip list.
+        cfo.memtable_whole_key_filtering = true;
+        cfo.memtable_prefix_bloom_size_ratio = 0.05;
       } else {
         cfo.compression = rocksdb::kZSTD;
         cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(4 << 10)));
@@ -153,6 +161,12 @@ class RocksStore : public KvStore {
   }
 
   Status Sync() override { return Convert(db_->SyncWAL(), "sync wal"); }
+
+  Status Flush() override {
+    rocksdb::FlushOptions fo;
+    fo.wait = true;
+    return Convert(db_->Flush(fo, handles_), "flush");
+  }
 
   uint64_t ApproximateSize(Cf cf) override {
     uint64_t live = 0;

@@ -36,6 +36,16 @@ bool ParseNumber(const char* p, size_t n, uint64_t* out) {
   return true;
 }
 
+bool ParseNumberDecimal(std::string_view s, uint64_t* out) {
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9' || v > (uint64_t{1} << 62) / 10) return false;
+    v = v * 10 + (c - '0');
+  }
+  *out = v;
+  return true;
+}
+
 std::string Field(const char* p, size_t n) { return std::string(p, strnlen(p, n)); }
 
 }  // namespace
@@ -94,14 +104,8 @@ Status TarReader::ParseHeader() {
     if (!prefix.empty()) name = prefix + "/" + name;
   }
   link_ = Field(h + 157, 100);
-  if (!long_name_.empty()) name = std::move(long_name_);
-  if (!long_link_.empty()) link_ = std::move(long_link_);
-  if (pax_size_ >= 0) size_ = static_cast<uint64_t>(pax_size_);
-  long_name_.clear();
-  long_link_.clear();
-  pax_size_ = -1;
-  path_ = std::move(name);
 
+  // Extended headers keep what earlier ones set ('K' after 'L'): it is for the next real entry.
   if (type_ == 'L' || type_ == 'K' || type_ == 'x') {
     if (size_ > (1 << 20)) return Status::Corruption("tar: oversized extended header");
     meta_type_ = type_;
@@ -119,6 +123,13 @@ Status TarReader::ParseHeader() {
     state_ = remaining_ ? State::kMeta : State::kHeader;
     return Status::OK();
   }
+  if (!long_name_.empty()) name = std::move(long_name_);
+  if (!long_link_.empty()) link_ = std::move(long_link_);
+  if (pax_size_ >= 0) size_ = static_cast<uint64_t>(pax_size_);
+  long_name_.clear();
+  long_link_.clear();
+  pax_size_ = -1;
+  path_ = std::move(name);
   return StartEntry();
 }
 
@@ -227,7 +238,13 @@ Status TarReader::Feed(std::string_view data) {
                 std::string_view key = rec.substr(0, eq), value = rec.substr(eq + 1);
                 if (key == "path") long_name_ = std::string(value);
                 if (key == "linkpath") long_link_ = std::string(value);
-                if (key == "size") pax_size_ = std::stoll(std::string(value));
+                if (key == "size") {
+                  uint64_t v = 0;
+                  if (value.empty() || !ParseNumberDecimal(value, &v)) {
+                    return fail(Status::Corruption("tar: bad pax size record"));
+                  }
+                  pax_size_ = static_cast<int64_t>(v);
+                }
               }
               rest.remove_prefix(len);
             }

@@ -7,26 +7,38 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "repo/chunk_tree.h"
 #include "repo/repository.h"
+#include "repo/wal_format.h"
 
 namespace pgbackfs {
 
-enum class WalFileKind { kSegment, kPartial, kHistory, kBackupLabel };
+// WalFileKind is defined in repo/wal_format.h.
 
 // Checks an archive file name: "000000010000000000000001", "…01.partial", "00000002.history",
 // "…01.00000028.backup". InvalidArgument (naming the file) otherwise.
 Status ParseWalFileName(const std::string& name, WalFileKind* kind);
 
+// The Cf::kWal record of one archived file; the key is the file name. Layout: docs/FORMAT.md,
+// "wal" (EncodeTo / DecodeFrom are the only code that reads or writes it).
 struct WalFileInfo {
   std::string name;
   WalFileKind kind;
   FileData data;
   int64_t archived_time = 0;  // unix seconds
+
+  void EncodeTo(std::string* dst) const;  // everything but `name`, which is the key
+  static Status DecodeFrom(std::string_view name, std::string_view value, WalFileInfo* info);
 };
+
+// Cf::kMeta key of the WAL segment size fixed by the first segment or backup; the value is the
+// size in bytes as decimal ASCII ("16777216").
+inline constexpr std::string_view kWalSegmentSizeKey = "wal_segment_size";
 
 class WalArchive;
 
@@ -46,10 +58,12 @@ class WalWriter {
   virtual Status Commit() = 0;
 };
 
-// Thread-safe.
+// Thread-safe. Must outlive the writers it hands out.
 class WalArchive {
  public:
+  // `repo` must outlive the archive.
   explicit WalArchive(Repository* repo);
+  // InvalidArgument for a name that is not a WAL file name.
   Result<std::unique_ptr<WalWriter>> NewWriter(const std::string& name);
   Result<WalFileInfo> Get(const std::string& name);  // NotFound at once if absent
   // Every archived file, in name order.
@@ -57,8 +71,29 @@ class WalArchive {
   // The WAL segment size fixed by the first segment or backup (0 if none yet).
   Result<uint64_t> SegmentSize();
 
+  // Fixes the WAL segment size if none is stored yet (synced write); FailedPrecondition if
+  // another size is stored. For base backups, which learn the size from the server.
+  Status CheckSegmentSize(uint64_t size);
+
+  // Streams the bytes of an archived file to `sink` in order, in pieces of at most 1 MiB, each
+  // chunk checked against its hash. An error names the file and the offset.
+  Status ReadFile(const WalFileInfo& info, const std::function<Status(std::string_view)>& sink);
+
  private:
+  friend class WalWriterImpl;
+
+  // The check-and-write at the end of a writer's life: validates `data` (whose first bytes are
+  // `head`) for `name`, and stores its record unless the name is already taken.
+  Status CommitFile(const std::string& name, const WalFileName& parsed, const FileData& data,
+                    std::string_view head);
+  Status ValidateSegment(const std::string& name, const WalFileName& parsed, const FileData& data,
+                         std::string_view head, uint64_t stored_seg_size, uint64_t* seg_size);
+  Result<uint64_t> ReadSegmentSize();  // one Get; callers that decide on it hold commit_mu_
+
   Repository* repo_;
+  // Serializes every check-and-write of a record (and of the segment size), so that two writers
+  // of one name cannot both store different bytes.
+  std::mutex commit_mu_;
 };
 
 }  // namespace pgbackfs

@@ -38,6 +38,16 @@ void AddDebugCommands(CLI::App* app, CliContext* ctx) {
     if (!s.ok()) return ctx->Fail(s);
     fprintf(ctx->io->out, "corrupted chunk %s\n", id->Hex().c_str());
   });
+
+  auto flush_repo = std::make_shared<std::string>();
+  CLI::App* flush = debug->add_subcommand("flush", "write memtables out to SST files (tests)");
+  flush->add_option("REPO", *flush_repo)->required();
+  flush->callback([flush_repo, ctx] {
+    Repository* repo = ctx->OpenRepo(*flush_repo);
+    if (!repo) return;
+    Status s = repo->kv()->Flush();
+    if (!s.ok()) return ctx->Fail(s);
+  });
 }
 
 }  // namespace pgbackfs

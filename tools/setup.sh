@@ -10,5 +10,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   libfuse3-dev fuse3 librocksdb-dev libzstd-dev libxxhash-dev libspdlog-dev libfmt-dev \
   libpq-dev libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev \
   postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest \
-  procps psmisc util-linux coreutils python3 >/dev/null
+  procps psmisc util-linux coreutils python3 jq >/dev/null
 # The Debian postgresql package starts a cluster of its own; the tests never use it.

@@ -1,0 +1,454 @@
+#include "repo/wal_archive.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <ctime>
+#include <optional>
+
+#include "repo/coding.h"
+
+namespace pgbackfs {
+
+namespace {
+
+// docs/FORMAT.md, "wal": the first byte of every Cf::kWal value.
+constexpr uint8_t kWalRecordVersion = 1;
+constexpr size_t kWalRecordSize = 1 + 1 + 8 + 1 + 16 + 8;
+
+// The kind byte of a record. Numbers are on disk: never reuse one.
+uint8_t KindCode(WalFileKind kind) {
+  switch (kind) {
+    case WalFileKind::kSegment:
+      return 1;
+    case WalFileKind::kPartial:
+      return 2;
+    case WalFileKind::kHistory:
+      return 3;
+    case WalFileKind::kBackupLabel:
+      return 4;
+  }
+  return 0;
+}
+
+bool KindFromCode(uint8_t code, WalFileKind* kind) {
+  switch (code) {
+    case 1:
+      *kind = WalFileKind::kSegment;
+      return true;
+    case 2:
+      *kind = WalFileKind::kPartial;
+      return true;
+    case 3:
+      *kind = WalFileKind::kHistory;
+      return true;
+    case 4:
+      *kind = WalFileKind::kBackupLabel;
+      return true;
+  }
+  return false;
+}
+
+// Pieces in which writers replay, fill gaps, and readers hand data out.
+constexpr size_t kIoPiece = 1 << 20;
+
+std::string_view Zeros() {
+  static const std::string* zeros = new std::string(64 << 10, '\0');
+  return *zeros;
+}
+
+bool IsSegmentLike(WalFileKind kind) {
+  return kind == WalFileKind::kSegment || kind == WalFileKind::kPartial;
+}
+
+std::string Quoted(const std::string& name) { return "'" + name + "'"; }
+
+}  // namespace
+
+Status ParseWalFileName(const std::string& name, WalFileKind* kind) {
+  WalFileName parsed;
+  RETURN_IF_ERROR(ParseWalFileName(std::string_view(name), &parsed));
+  *kind = parsed.kind;
+  return Status::OK();
+}
+
+void WalFileInfo::EncodeTo(std::string* dst) const {
+  dst->push_back(static_cast<char>(kWalRecordVersion));
+  dst->push_back(static_cast<char>(KindCode(kind)));
+  PutFixed64(dst, data.size);
+  dst->push_back(static_cast<char>(data.root.height));
+  dst->append(data.root.id.AsKey());
+  PutFixed64(dst, static_cast<uint64_t>(archived_time));
+}
+
+Status WalFileInfo::DecodeFrom(std::string_view name, std::string_view value, WalFileInfo* info) {
+  auto corrupt = [&](const std::string& why) {
+    return Status::Corruption("bad archive record for WAL file '" + std::string(name) +
+                              "': " + why);
+  };
+  Decoder in(value);
+  uint8_t version = 0, kind = 0, height = 0;
+  if (!in.GetFixed8(&version)) return corrupt("empty");
+  if (version != kWalRecordVersion) {
+    return corrupt("unknown record version " + std::to_string(version));
+  }
+  if (value.size() != kWalRecordSize) {
+    return corrupt(std::to_string(value.size()) + " bytes, expected " +
+                   std::to_string(kWalRecordSize));
+  }
+  WalFileInfo out;
+  out.name = std::string(name);
+  uint64_t size = 0, time = 0;
+  std::string_view id;
+  if (!in.GetFixed8(&kind) || !in.GetFixed64(&size) || !in.GetFixed8(&height) ||
+      !in.GetBytes(16, &id) || !in.GetFixed64(&time)) {
+    return corrupt("truncated");
+  }
+  if (!KindFromCode(kind, &out.kind)) return corrupt("unknown kind " + std::to_string(kind));
+  out.data.size = size;
+  out.data.root.height = height;
+  out.data.root.id = ChunkId::FromKey(id);
+  out.archived_time = static_cast<int64_t>(time);
+  *info = std::move(out);
+  return Status::OK();
+}
+
+// Streams one file into a FileWriter. Everything it writes is unreferenced until CommitFile
+// writes the record, so a writer dropped at any point leaves nothing visible.
+class WalWriterImpl : public WalWriter {
+ public:
+  WalWriterImpl(WalArchive* archive, ChunkStore* store, size_t chunk_size, std::string name,
+                const WalFileName& parsed)
+      : archive_(archive),
+        store_(store),
+        chunk_size_(chunk_size),
+        name_(std::move(name)),
+        parsed_(parsed) {
+    Reset();
+  }
+
+  Status Write(uint64_t offset, std::string_view data) override {
+    RETURN_IF_ERROR(broken_);
+    if (data.empty()) return Status::OK();
+    if (offset < size_) {
+      return Status::InvalidArgument(
+          "WAL file " + Quoted(name_) + ": write at offset " + std::to_string(offset) +
+          ", before the end of what was written (" + std::to_string(size_) +
+          " bytes); archive files must be written sequentially");
+    }
+    RETURN_IF_ERROR(CheckMaxSize(offset + data.size()));
+    return Guard([&]() -> Status {
+      RETURN_IF_ERROR(PrepareAppend());
+      RETURN_IF_ERROR(AppendZeros(offset - size_));
+      return Append(data);
+    });
+  }
+
+  Status Truncate(uint64_t size) override {
+    RETURN_IF_ERROR(broken_);
+    if (size == size_) return Status::OK();
+    RETURN_IF_ERROR(CheckMaxSize(size));
+    return Guard([&]() -> Status {
+      if (size == 0) {
+        Reset();
+        dirty_ = true;
+        return Status::OK();
+      }
+      if (size > size_) {
+        RETURN_IF_ERROR(PrepareAppend());
+        return AppendZeros(size - size_);
+      }
+      // Shrinking: finish what was written and replay its first `size` bytes.
+      RETURN_IF_ERROR(FinishFile());
+      dirty_ = true;
+      return Reopen(size);
+    });
+  }
+
+  uint64_t size() const override { return size_; }
+
+  Status Commit() override {
+    RETURN_IF_ERROR(broken_);
+    if (committed_ && !dirty_) return last_commit_;
+    Status s = Guard([&] { return FinishFile(); });
+    if (!s.ok()) return s;
+    last_commit_ = archive_->CommitFile(name_, parsed_, *finished_, head_);
+    committed_ = true;
+    dirty_ = false;
+    return last_commit_;
+  }
+
+ private:
+  // Runs `fn`; a failure leaves the FileWriter in an unknown state, so it sticks.
+  template <typename Fn>
+  Status Guard(Fn fn) {
+    Status s = fn();
+    if (!s.ok()) broken_ = s;
+    return s;
+  }
+
+  Status CheckMaxSize(uint64_t end) const {
+    if (end > kMaxWalSegmentSize) {
+      return Status::InvalidArgument("WAL file " + Quoted(name_) + " would grow to " +
+                                     std::to_string(end) +
+                                     " bytes, more than the largest WAL segment (1 GiB)");
+    }
+    return Status::OK();
+  }
+
+  void Reset() {
+    file_writer_.reset();
+    chunk_writer_ = std::make_unique<ChunkWriter>(store_);
+    file_writer_ = std::make_unique<FileWriter>(chunk_writer_.get(), chunk_size_);
+    finished_.reset();
+    head_.clear();
+    size_ = 0;
+  }
+
+  // A write after Commit() (or a shrinking Truncate) reopens the finished file.
+  Status PrepareAppend() {
+    dirty_ = true;
+    if (finished_) return Reopen(size_);
+    return Status::OK();
+  }
+
+  Status Append(std::string_view data) {
+    if (head_.size() < kWalLongPageHeaderSize) {
+      head_.append(data.substr(0, kWalLongPageHeaderSize - head_.size()));
+    }
+    RETURN_IF_ERROR(file_writer_->Append(data));
+    size_ += data.size();
+    return Status::OK();
+  }
+
+  Status AppendZeros(uint64_t n) {
+    while (n > 0) {
+      std::string_view z = Zeros().substr(0, std::min<uint64_t>(n, Zeros().size()));
+      RETURN_IF_ERROR(Append(z));
+      n -= z.size();
+    }
+    return Status::OK();
+  }
+
+  Status FinishFile() {
+    if (finished_) return Status::OK();
+    ASSIGN_OR_RETURN(FileData data, file_writer_->Finish());
+    // Unsynced: the synced record write in CommitFile makes these chunks durable too.
+    RETURN_IF_ERROR(chunk_writer_->Flush(/*sync=*/false));
+    finished_ = data;
+    return Status::OK();
+  }
+
+  // Starts a new file holding the first `keep` bytes of the finished one, read back in pieces so
+  // memory stays bounded.
+  Status Reopen(uint64_t keep) {
+    FileData old = *finished_;
+    Reset();
+    TreeReader reader(store_, old, chunk_size_);
+    std::string buf;
+    for (uint64_t off = 0; off < keep; off += kIoPiece) {
+      buf.clear();
+      size_t n = static_cast<size_t>(std::min<uint64_t>(kIoPiece, keep - off));
+      Status s = reader.Read(off, n, &buf);
+      if (!s.ok()) return s.WithContext("reread WAL file " + Quoted(name_));
+      RETURN_IF_ERROR(Append(buf));
+    }
+    return Status::OK();
+  }
+
+  WalArchive* archive_;
+  ChunkStore* store_;
+  const size_t chunk_size_;
+  const std::string name_;
+  const WalFileName parsed_;
+
+  std::unique_ptr<ChunkWriter> chunk_writer_;
+  std::unique_ptr<FileWriter> file_writer_;  // uses *chunk_writer_
+  std::optional<FileData> finished_;         // set once file_writer_ is finished
+  std::string head_;                         // the first bytes, for the page header
+  uint64_t size_ = 0;
+
+  Status broken_;  // the first failure of the stream, returned by every later call
+  bool committed_ = false;
+  bool dirty_ = false;  // written since the last Commit()
+  Status last_commit_;
+};
+
+WalArchive::WalArchive(Repository* repo) : repo_(repo) {}
+
+Result<std::unique_ptr<WalWriter>> WalArchive::NewWriter(const std::string& name) {
+  WalFileName parsed;
+  RETURN_IF_ERROR(ParseWalFileName(std::string_view(name), &parsed));
+  return std::unique_ptr<WalWriter>(std::make_unique<WalWriterImpl>(
+      this, repo_->chunks(), repo_->config().chunk_size, name, parsed));
+}
+
+Result<WalFileInfo> WalArchive::Get(const std::string& name) {
+  std::string value;
+  Status s = repo_->kv()->Get(Cf::kWal, name, &value);
+  if (s.IsNotFound()) return Status::NotFound(Quoted(name) + " not found in the archive");
+  RETURN_IF_ERROR(s);
+  WalFileInfo info;
+  RETURN_IF_ERROR(WalFileInfo::DecodeFrom(name, value, &info));
+  return info;
+}
+
+Status WalArchive::List(const std::function<Status(const WalFileInfo&)>& fn) {
+  auto it = repo_->kv()->NewIterator(Cf::kWal);
+  for (it->Seek(""); it->Valid(); it->Next()) {
+    WalFileInfo info;
+    RETURN_IF_ERROR(WalFileInfo::DecodeFrom(it->key(), it->value(), &info));
+    RETURN_IF_ERROR(fn(info));
+  }
+  return it->status();
+}
+
+Result<uint64_t> WalArchive::SegmentSize() { return ReadSegmentSize(); }
+
+Result<uint64_t> WalArchive::ReadSegmentSize() {
+  std::string value;
+  Status s = repo_->kv()->Get(Cf::kMeta, kWalSegmentSizeKey, &value);
+  if (s.IsNotFound()) return uint64_t{0};
+  RETURN_IF_ERROR(s);
+  uint64_t size = 0;
+  bool ok = !value.empty() && value.size() <= 10;
+  for (char c : value) {
+    if (c < '0' || c > '9') ok = false;
+    size = size * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (!ok || !IsValidWalSegmentSize(size)) {
+    return Status::Corruption("bad WAL segment size '" + value + "' in the repository metadata");
+  }
+  return size;
+}
+
+Status WalArchive::CheckSegmentSize(uint64_t size) {
+  if (!IsValidWalSegmentSize(size)) {
+    return Status::InvalidArgument("invalid WAL segment size " + std::to_string(size) +
+                                   " (a power of two from 1 MiB to 1 GiB)");
+  }
+  std::lock_guard<std::mutex> lock(commit_mu_);
+  ASSIGN_OR_RETURN(uint64_t stored, ReadSegmentSize());
+  if (stored == size) return Status::OK();
+  if (stored != 0) {
+    return Status::FailedPrecondition("this repository's WAL segment size is " +
+                                      std::to_string(stored) + " bytes, not " +
+                                      std::to_string(size));
+  }
+  KvBatch batch;
+  batch.Put(Cf::kMeta, kWalSegmentSizeKey, std::to_string(size));
+  return repo_->kv()->Write(batch, /*sync=*/true);
+}
+
+Status WalArchive::ValidateSegment(const std::string& name, const WalFileName& parsed,
+                                   const FileData& data, std::string_view head,
+                                   uint64_t stored_seg_size, uint64_t* seg_size) {
+  const bool full = parsed.kind == WalFileKind::kSegment;
+  if (full && stored_seg_size != 0 && data.size != stored_seg_size) {
+    return Status::InvalidArgument(
+        "WAL segment " + Quoted(name) + " has " + std::to_string(data.size) +
+        " bytes, but this repository's WAL segment size is " + std::to_string(stored_seg_size));
+  }
+  WalLongPageHeader header;
+  RETURN_IF_ERROR(ParseWalLongPageHeader(head, name, &header));
+  if (stored_seg_size != 0 && header.seg_size != stored_seg_size) {
+    return Status::InvalidArgument("WAL file " + Quoted(name) + " says segment size " +
+                                   std::to_string(header.seg_size) +
+                                   " in its page header, but this repository's WAL segment "
+                                   "size is " +
+                                   std::to_string(stored_seg_size));
+  }
+  if (full && data.size != header.seg_size) {
+    return Status::InvalidArgument(
+        "WAL segment " + Quoted(name) + " has " + std::to_string(data.size) +
+        " bytes, but its page header says segment size " + std::to_string(header.seg_size));
+  }
+  if (!full && data.size > header.seg_size) {
+    return Status::InvalidArgument(
+        "partial WAL segment " + Quoted(name) + " has " + std::to_string(data.size) +
+        " bytes, more than its segment size " + std::to_string(header.seg_size));
+  }
+  RETURN_IF_ERROR(CheckWalSegmentHeader(header, parsed, name));
+  Status s = repo_->CheckSystemIdentifier(std::to_string(header.sysid));
+  if (!s.ok()) return s.WithContext("refusing WAL file " + Quoted(name));
+  *seg_size = header.seg_size;
+  return Status::OK();
+}
+
+Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed,
+                              const FileData& data, std::string_view head) {
+  if (data.size == 0) {
+    return Status::InvalidArgument("WAL file " + Quoted(name) + " is empty");
+  }
+  std::lock_guard<std::mutex> lock(commit_mu_);
+  ASSIGN_OR_RETURN(uint64_t stored_seg_size, ReadSegmentSize());
+  uint64_t seg_size = 0;
+  if (IsSegmentLike(parsed.kind)) {
+    RETURN_IF_ERROR(ValidateSegment(name, parsed, data, head, stored_seg_size, &seg_size));
+  }
+
+  std::string value;
+  Status s = repo_->kv()->Get(Cf::kWal, name, &value);
+  if (s.ok()) {
+    WalFileInfo existing;
+    RETURN_IF_ERROR(WalFileInfo::DecodeFrom(name, value, &existing));
+    if (existing.data.size == data.size && existing.data.root == data.root) {
+      return Status::OK();  // the same bytes: idempotent (invariant 2)
+    }
+    return Status::AlreadyExists(
+        "WAL file " + Quoted(name) + " is already archived with different content (" +
+        std::to_string(existing.data.size) + " bytes stored, " + std::to_string(data.size) +
+        " bytes offered); the archived file is kept");
+  }
+  if (!s.IsNotFound()) return s;
+
+  WalFileInfo info;
+  info.name = name;
+  info.kind = parsed.kind;
+  info.data = data;
+  info.archived_time = time(nullptr);
+  std::string encoded;
+  info.EncodeTo(&encoded);
+  KvBatch batch;
+  batch.Put(Cf::kWal, name, encoded);
+  if (seg_size != 0 && stored_seg_size == 0) {
+    batch.Put(Cf::kMeta, kWalSegmentSizeKey, std::to_string(seg_size));
+  }
+  // Synced: once this returns the file (and every chunk written before it) is durable.
+  return repo_->kv()->Write(batch, /*sync=*/true);
+}
+
+Status WalArchive::ReadFile(const WalFileInfo& info,
+                            const std::function<Status(std::string_view)>& sink) {
+  const size_t chunk_size = repo_->config().chunk_size;
+  ChunkStore* store = repo_->chunks();
+  TreeReader reader(store, info.data, chunk_size);
+  std::string buf, chunk;
+  uint64_t offset = 0;  // of the leaf being read
+  bool sink_failed = false;
+  auto emit = [&]() -> Status {
+    Status s = sink(buf);
+    buf.clear();
+    if (!s.ok()) sink_failed = true;
+    return s;
+  };
+  Status s = reader.ForEachLeaf([&](uint64_t index, const ChunkId& id) -> Status {
+    offset = index * chunk_size;
+    size_t n = reader.LeafSize(index);
+    if (id.IsZero()) {
+      buf.append(n, '\0');
+    } else {
+      RETURN_IF_ERROR(store->Get(id, n, &chunk));
+      buf.append(chunk);
+    }
+    if (buf.size() >= kIoPiece) return emit();
+    return Status::OK();
+  });
+  if (s.ok() && !buf.empty()) s = emit();
+  if (!s.ok() && !sink_failed) {
+    return s.WithContext("read WAL file " + Quoted(info.name) + " at offset " +
+                         std::to_string(offset));
+  }
+  return s;
+}
+
+}  // namespace pgbackfs

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# `pgbackfs backup` against a real PostgreSQL 15, then restore and verify:
+#   a backup is listed with the right metadata; a kill -9 in the middle leaves nothing listed and a
+#   re-run works; a second backup while one runs, a bad connection string, a role without
+#   REPLICATION, tablespaces and another cluster are refused with clear messages; a restored copy
+#   passes pg_verifybackup and starts with the same rows; after 5% of the rows change, the next
+#   backup stores under a quarter of the first; a damaged chunk is found by verify.
+# Usage: bash test_backup_restore.sh PATH_TO_PGBACKFS
+source "$(dirname "$0")/lib.sh" "$1"
+
+PORT=$(free_port)
+DATA=$T/data
+REPO=$T/repo
+CONN="host=127.0.0.1 port=$PORT user=postgres"
+SCALE=5
+
+# expect_error CODE PATTERN DESCRIPTION CMD...: the command exits with CODE and says PATTERN.
+expect_error() {
+  local code=$1 pattern=$2 what=$3 rc=0
+  shift 3
+  "$@" >"$T/err.out" 2>&1 || rc=$?
+  [ "$rc" -eq "$code" ] || { cat "$T/err.out" >&2; fail "$what: exit code $rc, expected $code"; }
+  grep -q -- "$pattern" "$T/err.out" || {
+    cat "$T/err.out" >&2; fail "$what: the message does not say '$pattern'"; }
+  log "ok (refused): $what: $(head -c 400 "$T/err.out" | tr '\n' ' ')"
+}
+
+snapshots() { "$PGBACKFS" list "$REPO" --json | jq -c '.snapshots'; }
+snapshot_count() { snapshots | jq length; }
+field() { snapshots | jq -r ".[$1].$2"; }  # field INDEX NAME
+row_counts() {  # row_counts PORT: the pgbench tables' row counts and balance sum, one line
+  psql_q "$1" "select (select count(*) from pgbench_accounts) || ' ' ||
+                      (select count(*) from pgbench_branches) || ' ' ||
+                      (select count(*) from pgbench_tellers) || ' ' ||
+                      (select coalesce(sum(abalance), 0) from pgbench_accounts)"
+}
+# restore_and_check SNAPSHOT DIR PORT: restores, runs pg_verifybackup, starts a server on the copy
+# and sets COUNTS to its row counts; stops it again. (Not run in a subshell: pg_start registers
+# its cleanup in this shell.)
+restore_and_check() {
+  local snap=$1 dir=$2 port=$3
+  "$PGBACKFS" restore "$REPO" "$snap" "$dir" >"$T/restore.out" 2>&1 || {
+    cat "$T/restore.out" >&2; fail "restore of $snap"; }
+  chown -R postgres:postgres "$dir" && chmod 700 "$dir"
+  as_pg "$PGBIN/pg_verifybackup" "$dir" >"$T/verifybackup.out" 2>&1 || {
+    cat "$T/verifybackup.out" >&2; fail "pg_verifybackup on the restored snapshot $snap"; }
+  pg_start "$dir" "$port"
+  COUNTS=$(row_counts "$port")
+  pg_stop "$dir"
+}
+
+log "setting up PostgreSQL 15 on port $PORT (pgbench scale $SCALE)"
+pg_init "$DATA"
+pg_start "$DATA" "$PORT"
+as_pg "$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PORT" -U postgres postgres \
+  >"$T/pgbench.log" 2>&1 || { cat "$T/pgbench.log"; fail "pgbench -i"; }
+SYSID=$(as_pg "$PGBIN/pg_controldata" "$DATA" | awk -F: '/Database system identifier/ {gsub(/ /, "", $2); print $2}')
+ORIGINAL_COUNTS=$(row_counts "$PORT")
+"$PGBACKFS" init "$REPO" >/dev/null
+
+log "first backup"
+"$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint --label "first 'quoted' label" \
+  >"$T/backup1.out" 2>&1 || { cat "$T/backup1.out" >&2; fail "first backup"; }
+cat "$T/backup1.out" >&2
+[ "$(snapshot_count)" = 1 ] || fail "list does not show exactly one snapshot: $(snapshots)"
+SNAP1=$(field 0 id)
+grep -q "backup $SNAP1 committed" "$T/backup1.out" || fail "the backup's output does not name $SNAP1"
+[ "$(field 0 kind)" = backup ] || fail "kind: $(field 0 kind)"
+[ "$(field 0 label)" = "first 'quoted' label" ] || fail "label: $(field 0 label)"
+[ "$(field 0 system_identifier)" = "$SYSID" ] || fail "system identifier $(field 0 system_identifier), expected $SYSID"
+[ "$(field 0 timeline)" = 1 ] || fail "timeline: $(field 0 timeline)"
+[ "$(field 0 pg_version_num)" -ge 150000 ] || fail "pg_version_num: $(field 0 pg_version_num)"
+[[ "$(field 0 start_lsn)" =~ ^[0-9A-F]+/[0-9A-F]+$ ]] || fail "start_lsn: $(field 0 start_lsn)"
+[[ "$(field 0 end_lsn)" =~ ^[0-9A-F]+/[0-9A-F]+$ ]] || fail "end_lsn: $(field 0 end_lsn)"
+[ "$(field 0 file_count)" -gt 100 ] || fail "file_count: $(field 0 file_count)"
+BYTES1=$(field 0 bytes_added)
+LOGICAL1=$(field 0 logical_size)
+[ "$BYTES1" -gt 0 ] && [ "$LOGICAL1" -gt $((50 << 20)) ] || fail "sizes: added $BYTES1, logical $LOGICAL1"
+log "ok: snapshot $SNAP1, logical $LOGICAL1 bytes, added $BYTES1 bytes"
+
+log "connection errors"
+SECRET=Pa55-w0rd-TopSecret
+expect_error 1 "could not connect" "unreachable server" \
+  "$PGBACKFS" backup "$REPO" -d "host=127.0.0.1 port=$(free_port) user=postgres password=$SECRET"
+! grep -q "$SECRET" "$T/err.out" || fail "the error message shows the password"
+expect_error 1 "could not connect" "unreachable server (URI)" \
+  "$PGBACKFS" backup "$REPO" -d "postgresql://postgres:$SECRET@127.0.0.1:$(free_port)/postgres"
+! grep -q "$SECRET" "$T/err.out" || fail "the error message shows the password of a URI"
+expect_error 1 "invalid connection string" "malformed connection string" \
+  "$PGBACKFS" backup "$REPO" -d "hostname=127.0.0.1 password=$SECRET"
+! grep -q "$SECRET" "$T/err.out" || fail "the error message shows the password"
+psql_q "$PORT" "create role norepl login"
+expect_error 1 "REPLICATION" "role without REPLICATION" \
+  "$PGBACKFS" backup "$REPO" -d "host=127.0.0.1 port=$PORT user=norepl"
+expect_error 2 "dbname" "no connection string" "$PGBACKFS" backup "$REPO"
+
+log "tablespaces are refused"
+mkdir "$T/tblspc" && chown postgres:postgres "$T/tblspc"
+psql_q "$PORT" "create tablespace extra location '$T/tblspc'"
+expect_error 1 "tablespaces are not supported yet" "cluster with a tablespace" \
+  "$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint
+psql_q "$PORT" "drop tablespace extra"
+[ "$(snapshot_count)" = 1 ] || fail "a refused backup was listed: $(snapshots)"
+
+log "kill -9 in the middle of a backup"
+# --max-rate (kB/s, hidden) keeps the backup running for a few seconds.
+"$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint --max-rate 32768 >"$T/killed.out" 2>&1 &
+KILLED=$!
+sleep 1
+kill -0 "$KILLED" 2>/dev/null || { cat "$T/killed.out" >&2; fail "the backup ended within 1 s"; }
+kill -9 "$KILLED"
+wait "$KILLED" 2>/dev/null || true
+[ "$(snapshot_count)" = 1 ] || fail "the killed backup is listed: $(snapshots)"
+"$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || {
+  cat "$T/verify.out" >&2; fail "verify after the kill"; }
+log "ok: nothing listed after kill -9, verify passes"
+
+log "a second backup while one runs"
+"$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint --max-rate 32768 >"$T/rerun.out" 2>&1 &
+RERUN=$!
+for _ in $(seq 100); do
+  grep -q "pid $RERUN" "$REPO/lock" 2>/dev/null && break
+  sleep 0.05
+done
+expect_error 1 "is locked by pid $RERUN" "concurrent backup" \
+  "$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint
+wait "$RERUN" || { cat "$T/rerun.out" >&2; fail "the re-run after kill -9 failed"; }
+[ "$(snapshot_count)" = 2 ] || fail "expected 2 snapshots after the re-run: $(snapshots)"
+log "ok: re-run after kill -9 succeeded"
+
+log "a backup of another cluster is refused"
+OTHER_PORT=$(free_port)
+pg_init "$T/other"
+pg_start "$T/other" "$OTHER_PORT"
+expect_error 1 "cluster" "another cluster" \
+  "$PGBACKFS" backup "$REPO" -d "host=127.0.0.1 port=$OTHER_PORT user=postgres" --fast-checkpoint
+pg_stop "$T/other"
+[ "$(snapshot_count)" = 2 ] || fail "the refused backup was listed: $(snapshots)"
+
+log "restore, pg_verifybackup, start, compare rows"
+restore_and_check "$SNAP1" "$T/restored1" "$(free_port)"
+[ "$COUNTS" = "$ORIGINAL_COUNTS" ] || fail "restored rows '$COUNTS', original '$ORIGINAL_COUNTS'"
+log "ok: restored copy has the same rows ($COUNTS)"
+
+log "5% of the rows change (a contiguous range), then a new backup"
+psql_q "$PORT" "update pgbench_accounts set abalance = abalance + 7 where aid <= $((SCALE * 100000 / 20))"
+CHANGED_COUNTS=$(row_counts "$PORT")
+"$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint >"$T/backup3.out" 2>&1 || {
+  cat "$T/backup3.out" >&2; fail "backup after the update"; }
+cat "$T/backup3.out" >&2
+SNAP3=$(field 2 id)
+BYTES3=$(field 2 bytes_added)
+[ $((BYTES3 * 4)) -lt "$BYTES1" ] || fail "the second backup added $BYTES3 bytes, not under 25% of $BYTES1"
+log "ok: second backup added $BYTES3 bytes ($((BYTES3 * 100 / BYTES1))% of the first)"
+restore_and_check "$SNAP3" "$T/restored3" "$(free_port)"
+[ "$COUNTS" = "$CHANGED_COUNTS" ] || fail "restored rows '$COUNTS', expected '$CHANGED_COUNTS'"
+log "ok: the second backup restores with the changed rows"
+
+log "verify, then a damaged chunk in a copy of the repository"
+"$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "verify"; }
+REL=$(psql_q "$PORT" "select pg_relation_filepath('pgbench_accounts')")
+cp -a "$REPO" "$T/copy1"
+"$PGBACKFS" debug corrupt-chunk "$T/copy1" "$SNAP1" "$REL" --offset 8192 >/dev/null
+expect_error 1 "$REL" "verify of one damaged snapshot" "$PGBACKFS" verify "$T/copy1" "$SNAP1"
+expect_error 1 "file '$REL' offset 8192" "verify of a damaged repository" "$PGBACKFS" verify "$T/copy1"
+expect_error 1 "$REL" "restore of a damaged snapshot" "$PGBACKFS" restore "$T/copy1" "$SNAP1" "$T/damaged"
+# The damaged page's range was never written (it reads as the zeros of a fresh file).
+if [ -f "$T/damaged/$REL" ]; then
+  dd if="$T/damaged/$REL" bs=8192 skip=1 count=1 2>/dev/null | cmp -s - <(head -c 8192 /dev/zero) ||
+    fail "restore wrote the damaged page"
+fi
+
+log "a flipped byte inside a RocksDB table file (copy of the repository)"
+cp -a "$REPO" "$T/copy2"
+"$PGBACKFS" debug flush "$T/copy2"
+SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
+python3 - "$SST" <<'PY'
+import os, sys
+path = sys.argv[1]
+size = os.path.getsize(path)
+with open(path, "r+b") as f:
+    f.seek(size // 3)
+    b = f.read(1)
+    f.seek(size // 3)
+    f.write(bytes([b[0] ^ 0x5a]))
+PY
+expect_error 1 "DAMAGED" "verify after a byte flip in $(basename "$SST")" "$PGBACKFS" verify "$T/copy2"
+"$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "the original repository no longer verifies"; }
+log "PASS"
