@@ -135,11 +135,6 @@ for _ in 1 2 3; do
 done
 as_pg bash -c "test ! -f '$MNT/wal/$LAST' && cp '$T/seg' '$MNT/wal/$LAST'" &&
   fail "test ! -f did not see an archived file"
-printf '1\t0/3000000\tno recovery target specified\n' >"$T/00000002.history"
-chmod 644 "$T/00000002.history"
-as_pg bash -c "test ! -f '$MNT/wal/00000002.history' && cp '$T/00000002.history' '$MNT/wal/'" ||
-  fail "test ! -f && cp of a new .history file"
-cmp "$T/00000002.history" "$MNT/wal/00000002.history" || fail ".history differs"
 
 if "$PGBACKFS" backup --help 2>&1 | grep -q -- "--fast-checkpoint"; then
   log "a backup taken while mounted shows in backups/ at once"
@@ -233,6 +228,13 @@ for f in "$T"/segs/*; do
   cp "$f" "$MNT2/wal/" || fail "re-running cp of $(basename "$f") after the crash"
   cmp "$f" "$MNT2/wal/$(basename "$f")" || fail "$(basename "$f") differs after re-running cp"
 done
+# A new .history file, the way archive_command scripts guard against overwriting (in this second
+# repository: a made-up timeline in the first one would send the recovery test astray).
+printf '1\t0/3000000\tno recovery target specified\n' >"$T/00000002.history"
+chmod 644 "$T/00000002.history"
+as_pg bash -c "test ! -f '$MNT2/wal/00000002.history' && cp '$T/00000002.history' '$MNT2/wal/'" ||
+  fail "test ! -f && cp of a new .history file"
+cmp "$T/00000002.history" "$MNT2/wal/00000002.history" || fail ".history differs"
 "$PGBACKFS" umount "$MNT2" || fail "umount"
 ! mountpoint -q "$MNT2" || fail "still mounted after umount"
 [ ! -e "$REPO2/control.sock" ] || fail "control socket left after umount"
