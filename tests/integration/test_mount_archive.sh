@@ -240,6 +240,31 @@ cmp "$T/00000002.history" "$MNT2/wal/00000002.history" || fail ".history differs
 [ ! -e "$REPO2/control.sock" ] || fail "control socket left after umount"
 "$PGBACKFS" list "$REPO2" >/dev/null || fail "the repository is not free after umount"
 
+log "SIGTERM stops the daemon cleanly"
+mount_repo "$REPO2" "$MNT2"
+kill -TERM "$DAEMON_PID"
+for _ in $(seq 1 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+! kill -0 "$DAEMON_PID" 2>/dev/null || fail "the daemon did not stop on SIGTERM"
+! mountpoint -q "$MNT2" || fail "still mounted after SIGTERM"
+[ ! -e "$REPO2/control.sock" ] || fail "control socket left after SIGTERM"
+grep -q "stopping on signal 15" "$REPO2/log/mount.log" || fail "the log does not say why it stopped"
+"$PGBACKFS" list "$REPO2" >/dev/null || fail "the repository is not free after SIGTERM"
+
+log "--foreground logs to stderr and stops on SIGINT"
+# A background job of a script ignores SIGINT; give the mount the default disposition back.
+python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+  "$PGBACKFS" mount "$REPO2" "$MNT2" --foreground 2>"$T/foreground.log" &
+FG=$!
+on_exit "kill $FG"
+for _ in $(seq 1 100); do [ -d "$MNT2/wal" ] && break; sleep 0.1; done
+[ -d "$MNT2/wal" ] || { cat "$T/foreground.log"; fail "foreground mount"; }
+"$PGBACKFS" list "$REPO2" >/dev/null || fail "a command forwarded to a foreground mount"
+kill -INT "$FG"
+wait "$FG" || fail "the foreground mount exited non-zero after SIGINT"
+! mountpoint -q "$MNT2" || fail "still mounted after SIGINT"
+grep -q "mounted '$REPO2'" "$T/foreground.log" || fail "nothing logged to stderr"
+grep -q "stopping on signal 2" "$T/foreground.log" || fail "SIGINT not logged"
+
 log "the archiver never failed"
 [ "$(psql_q "$PORT" "SELECT failed_count FROM pg_stat_archiver")" = 0 ] || fail "archiver failures"
 log "PASS"

@@ -12,6 +12,7 @@ MKSNAP=$BUILD/tests/pgbackfs_make_snapshot
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 SIZE_MIB=${SIZE_MIB:-1024}
 NSEG=${NSEG:-200}
+PARTS=${PARTS:-read,archive}  # which parts to run
 SCALE=${SCALE:-200}  # pgbench scale; more WAL is written if it falls short of NSEG segments
 [ -x "$PGBACKFS" ] && [ -x "$MKSNAP" ] || { echo "build first: $PGBACKFS, $MKSNAP" >&2; exit 2; }
 
@@ -41,6 +42,7 @@ mount_repo() {  # REPO MNT
 echo "== pgbackfs mount benchmark ($(nproc) cores, kernel $(uname -r))"
 
 # --- 1. sequential read ---------------------------------------------------------------------------
+if [[ $PARTS == *read* ]]; then
 log "writing a ${SIZE_MIB} MiB file that compresses about 2.5x"
 mkdir -p "$W/src" "$W/mnt"
 python3 - "$W/src/big" "$SIZE_MIB" <<'PY'
@@ -78,8 +80,10 @@ printf '  MOUNT/backups (cold)  %8s MB/s   ratio mount/local %s\n' "$MOUNT" "$(c
 printf '  MOUNT/backups (warm)  %8s MB/s   (kernel page cache kept: keep_cache)\n' "$MOUNT_WARM"
 printf '  mount daemon RSS after the read: %s MiB\n' "$RSS"
 "$PGBACKFS" umount "$W/mnt" >/dev/null
+fi
 
 # --- 2. archiving -------------------------------------------------------------------------------
+[[ $PARTS == *archive* ]] || exit 0
 log "generating WAL: pgbench -i -s $SCALE with archive_command copying to a directory"
 PG=$W/pg
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
