@@ -55,12 +55,16 @@ struct Filesystem::WriteHandle : Handle {
   bool dirty = false;                 // guarded by mu: writes since the last commit
 };
 
-// An open directory: what it listed when read from offset 0.
+// An open directory: what it listed when read from offset 0. A snapshot directory keeps the
+// shared decoded listing (no copy per open directory); the others keep node protos.
 struct Filesystem::DirHandle : Handle {
   std::shared_ptr<const Node> node;
   std::mutex mu;
-  std::vector<Node> items;  // guarded by mu: protos of the entries after "." and ".."
-  bool loaded = false;      // guarded by mu
+  DirCache::Listing listing;  // guarded by mu: snapshot directories
+  std::vector<Node> items;    // guarded by mu: the other directories
+  bool loaded = false;        // guarded by mu
+
+  size_t count() const { return listing ? listing->size() : items.size(); }
 };
 
 Filesystem::Filesystem(Repository* repo, const FsOptions& options)
@@ -284,6 +288,7 @@ int Filesystem::LoadDir(DirHandle* dir) {
   const Node& node = *dir->node;
   std::vector<Node>& items = dir->items;
   items.clear();
+  dir->listing.reset();
   auto proto = [&node]() {
     Node n;
     n.parent = node.ino;
@@ -342,14 +347,7 @@ int Filesystem::LoadDir(DirHandle* dir) {
         spdlog::error("reading directory {}: {}", Describe(node), listing.status().ToString());
         return EIO;
       }
-      items.reserve((*listing)->size());
-      for (const Entry& e : **listing) {
-        Node n = proto();
-        n.kind = NodeKind::kSnapshotEntry;
-        n.path = node.path.empty() ? e.name : node.path + "/" + e.name;
-        n.entry = e;
-        items.push_back(std::move(n));
-      }
+      dir->listing = std::move(listing).value();
       return 0;
     }
     case NodeKind::kWalFile:
@@ -371,8 +369,8 @@ int Filesystem::ReadDir(uint64_t fh, uint64_t offset, bool plus,
     dir->loaded = true;
   }
   const Node& node = *dir->node;
-  // Offsets: 1 after ".", 2 after "..", 3 + i after items[i].
-  for (uint64_t pos = offset; pos < 2 + dir->items.size(); ++pos) {
+  // Offsets: 1 after ".", 2 after "..", 3 + i after the i-th item.
+  for (uint64_t pos = offset; pos < 2 + dir->count(); ++pos) {
     DirItem item;
     item.next_offset = pos + 1;
     if (pos < 2) {
@@ -384,11 +382,21 @@ int Filesystem::ReadDir(uint64_t fh, uint64_t offset, bool plus,
       if (!add(item)) return 0;
       continue;
     }
-    const Node& proto = dir->items[pos - 2];
+    Node proto;
+    if (dir->listing) {
+      const Entry& e = (*dir->listing)[pos - 2];
+      proto.kind = NodeKind::kSnapshotEntry;
+      proto.parent = node.ino;
+      proto.snapshot_id = node.snapshot_id;
+      proto.path = node.path.empty() ? e.name : node.path + "/" + e.name;
+      proto.entry = e;
+    } else {
+      proto = dir->items[pos - 2];
+    }
     item.name = proto.entry.name;
     item.type = TypeBits(proto.entry.type);
     if (plus) {
-      std::shared_ptr<const Node> child = inodes_.Lookup(proto);
+      std::shared_ptr<const Node> child = inodes_.Lookup(std::move(proto));
       uint64_t size = child->entry.size();
       if (child->kind == NodeKind::kWalFile) WriterSize(child->ino, &size);
       FillEntry(*child, size, &item.entry);
