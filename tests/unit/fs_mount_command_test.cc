@@ -15,7 +15,7 @@ class DaemonProvider : public RepoProvider {
   bool in_daemon() const override { return true; }
 };
 
-int Run(const std::vector<std::string>& args, std::string* err) {
+int RunInDaemon(const std::vector<std::string>& args, std::string* err) {
   char* buf = nullptr;
   size_t len = 0;
   FILE* err_file = open_memstream(&buf, &len);
@@ -35,9 +35,9 @@ int Run(const std::vector<std::string>& args, std::string* err) {
 
 TEST(MountCommand, RefusesToRunInTheDaemon) {
   std::string err;
-  EXPECT_EQ(Run({"pgbackfs", "mount", "/tmp/repo", "/tmp/mnt"}, &err), 1);
+  EXPECT_EQ(RunInDaemon({"pgbackfs", "mount", "/tmp/repo", "/tmp/mnt"}, &err), 1);
   EXPECT_NE(err.find("already mounted"), std::string::npos) << err;
-  EXPECT_EQ(Run({"pgbackfs", "umount", "/tmp/mnt"}, &err), 1);
+  EXPECT_EQ(RunInDaemon({"pgbackfs", "umount", "/tmp/mnt"}, &err), 1);
   EXPECT_NE(err.find("inside the mount daemon"), std::string::npos) << err;
 }
 
