@@ -29,10 +29,11 @@ struct VerifyReport {
 };
 
 // Checks every snapshot and every archived WAL file (`snapshot_id` empty), or one snapshot.
-// Damage in an archived WAL file is reported under snapshot "wal" with the file's name as path. With all snapshots, each stored chunk is
-// read and hashed once (one scan of the chunk store) and the trees are then checked for presence;
-// with one snapshot, each chunk it references is read and hashed. Returns a non-ok Status only
-// when verification itself could not run; damage goes into `report`.
+// Damage in an archived WAL file is reported under snapshot "wal" with the file's name as path.
+// With all snapshots, each stored chunk is read and hashed once (one scan of the chunk store) and
+// the trees are then checked for presence; with one snapshot, each chunk it references is read and
+// hashed. Returns a non-ok Status only when verification itself could not run; damage goes into
+// `report`.
 Status VerifyRepository(
     Repository* repo, const std::string& snapshot_id, VerifyReport* report,
     const std::function<void(const std::string& phase, uint64_t done)>& progress = nullptr);
