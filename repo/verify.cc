@@ -3,6 +3,8 @@
 #include <mutex>
 #include <unordered_set>
 
+#include "repo/wal_archive.h"
+
 namespace pgbackfs {
 
 namespace {
@@ -138,6 +140,14 @@ Status VerifyRepository(Repository* repo, const std::string& snapshot_id, Verify
   for (const SnapshotInfo& snap : snaps) {
     verifier.CheckSnapshot(snap);
     if (progress) progress("snapshots", report->snapshots);
+  }
+  if (snapshot_id.empty()) {
+    WalArchive wal(repo);
+    RETURN_IF_ERROR(wal.List([&](const WalFileInfo& file) {
+      report->wal_files++;
+      verifier.CheckFile("wal", file.name, file.data);
+      return Status::OK();
+    }));
   }
   return Status::OK();
 }

@@ -23,14 +23,17 @@ struct VerifyReport {
   uint64_t stored_chunks_checked = 0;  // full scan of the chunk column family
   uint64_t references_checked = 0;     // leaf references followed in snapshot trees
   uint64_t bytes_checked = 0;          // logical bytes covered
+  uint64_t wal_files = 0;              // archived WAL files checked (whole-repository runs)
   std::vector<VerifyProblem> problems;
   bool ok() const { return problems.empty(); }
 };
 
-// Checks every snapshot (`snapshot_id` empty) or one. With all snapshots, each stored chunk is
-// read and hashed once (one scan of the chunk store) and the trees are then checked for presence;
-// with one snapshot, each chunk it references is read and hashed. Returns a non-ok Status only
-// when verification itself could not run; damage goes into `report`.
+// Checks every snapshot and every archived WAL file (`snapshot_id` empty), or one snapshot.
+// Damage in an archived WAL file is reported under snapshot "wal" with the file's name as path.
+// With all snapshots, each stored chunk is read and hashed once (one scan of the chunk store) and
+// the trees are then checked for presence; with one snapshot, each chunk it references is read and
+// hashed. Returns a non-ok Status only when verification itself could not run; damage goes into
+// `report`.
 Status VerifyRepository(
     Repository* repo, const std::string& snapshot_id, VerifyReport* report,
     const std::function<void(const std::string& phase, uint64_t done)>& progress = nullptr);

@@ -1,6 +1,8 @@
 // pgbackfs info REPO [--json]: sizes, dedup ratio, snapshots.
 #include <filesystem>
+#include <map>
 
+#include "repo/wal_archive.h"
 #include "tools/cli.h"
 
 namespace pgbackfs {
@@ -15,6 +17,47 @@ uint64_t DiskUsage(const std::string& dir) {
   }
   return total;
 }
+// What the WAL archive holds on one timeline.
+struct WalTimeline {
+  uint32_t tli = 0;
+  uint64_t segments = 0, bytes = 0;
+  std::string first, last;
+  uint64_t last_segno = 0;
+  std::vector<std::string> gaps;  // "first missing .. last missing"
+  uint64_t other_files = 0;       // .partial, .backup
+};
+
+Status SummarizeWal(Repository* repo, std::map<uint32_t, WalTimeline>* timelines,
+                    uint64_t* history_files, uint64_t* segment_size) {
+  WalArchive wal(repo);
+  ASSIGN_OR_RETURN(*segment_size, wal.SegmentSize());
+  const uint64_t per_log = *segment_size ? (uint64_t{1} << 32) / *segment_size : 0;
+  return wal.List([&](const WalFileInfo& f) {
+    WalFileName name;
+    RETURN_IF_ERROR(ParseWalFileName(f.name, &name));
+    if (f.kind == WalFileKind::kHistory) {
+      (*history_files)++;
+      return Status::OK();
+    }
+    WalTimeline& t = (*timelines)[name.tli];
+    t.tli = name.tli;
+    t.bytes += f.data.size;
+    if (f.kind != WalFileKind::kSegment) {
+      t.other_files++;
+      return Status::OK();
+    }
+    uint64_t segno = uint64_t{name.log} * per_log + name.seg;
+    if (t.segments > 0 && segno > t.last_segno + 1) {
+      t.gaps.push_back("after " + t.last);
+    }
+    if (t.segments == 0) t.first = f.name;
+    t.last = f.name;
+    t.last_segno = segno;
+    t.segments++;
+    return Status::OK();
+  });
+}
+
 }  // namespace
 
 void AddInfoCommand(CLI::App* app, CliContext* ctx) {
@@ -39,6 +82,10 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
     uint64_t chunks = repo->kv()->ApproximateSize(Cf::kChunks);
     double ratio = disk ? static_cast<double>(logical) / static_cast<double>(disk) : 0;
     const RepoConfig& c = repo->config();
+    std::map<uint32_t, WalTimeline> timelines;
+    uint64_t history_files = 0, segment_size = 0;
+    Status ws = SummarizeWal(repo, &timelines, &history_files, &segment_size);
+    if (!ws.ok()) return ctx->Fail(ws);
     if (args->json) {
       nlohmann::json j = {{"repository", repo->path()},
                           {"format_version", c.format_version},
@@ -51,8 +98,21 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
                           {"stored_bytes", disk},
                           {"chunk_store_bytes", chunks},
                           {"dedup_ratio", ratio},
-                          {"snapshots", nlohmann::json::array()}};
+                          {"snapshots", nlohmann::json::array()},
+                          {"wal",
+                           {{"segment_size", segment_size},
+                            {"history_files", history_files},
+                            {"timelines", nlohmann::json::array()}}}};
       for (const auto& s : *snaps) j["snapshots"].push_back(s.ToJson());
+      for (const auto& [tli, t] : timelines) {
+        j["wal"]["timelines"].push_back({{"timeline", tli},
+                                         {"segments", t.segments},
+                                         {"bytes", t.bytes},
+                                         {"first", t.first},
+                                         {"last", t.last},
+                                         {"gaps", t.gaps},
+                                         {"other_files", t.other_files}});
+      }
       fprintf(ctx->io->out, "%s\n", j.dump(2).c_str());
       return;
     }
@@ -65,6 +125,17 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
     fprintf(o, "logical size:      %s (sum over snapshots)\n", FormatBytes(logical).c_str());
     fprintf(o, "stored size:       %s on disk\n", FormatBytes(disk).c_str());
     fprintf(o, "dedup+compression: %.2fx\n", ratio);
+    fprintf(o, "WAL archive:       %zu timelines, %llu history files, segment size %s\n",
+            timelines.size(), static_cast<unsigned long long>(history_files),
+            segment_size ? FormatBytes(segment_size).c_str() : "(not fixed yet)");
+    for (const auto& [tli, t] : timelines) {
+      fprintf(o, "  timeline %u: %llu segments %s .. %s (%s)%s\n", tli,
+              static_cast<unsigned long long>(t.segments), t.first.c_str(), t.last.c_str(),
+              FormatBytes(t.bytes).c_str(),
+              t.gaps.empty() ? "" : (", " + std::to_string(t.gaps.size()) + " gaps").c_str());
+      for (const auto& g : t.gaps) fprintf(o, "    gap %s\n", g.c_str());
+    }
+    if (!snaps->empty()) fprintf(o, "snapshot list:\n");
     for (const auto& s : *snaps) {
       fprintf(o, "  %s  %-12s tli %u  %s..%s  %s, added %s  %s\n", s.id.c_str(), s.kind.c_str(),
               s.timeline, s.start_lsn.c_str(), s.end_lsn.c_str(),

@@ -33,6 +33,7 @@ void AddVerifyCommand(CLI::App* app, CliContext* ctx) {
                           {"stored_chunks_checked", report.stored_chunks_checked},
                           {"references_checked", report.references_checked},
                           {"bytes_checked", report.bytes_checked},
+                          {"wal_files", report.wal_files},
                           {"problems", nlohmann::json::array()}};
       for (const auto& p : report.problems) {
         j["problems"].push_back({{"snapshot", p.snapshot},
@@ -48,10 +49,11 @@ void AddVerifyCommand(CLI::App* app, CliContext* ctx) {
                 static_cast<unsigned long long>(p.offset), p.message.c_str());
       }
       fprintf(ctx->io->out,
-              "verify: %llu snapshots, %llu files, %s checked, %llu stored chunks hashed, "
-              "%llu references followed: %s\n",
+              "verify: %llu snapshots, %llu files, %llu WAL files, %s checked, %llu stored chunks "
+              "hashed, %llu references followed: %s\n",
               static_cast<unsigned long long>(report.snapshots),
               static_cast<unsigned long long>(report.files),
+              static_cast<unsigned long long>(report.wal_files),
               FormatBytes(report.bytes_checked).c_str(),
               static_cast<unsigned long long>(report.stored_chunks_checked),
               static_cast<unsigned long long>(report.references_checked),
