@@ -642,7 +642,9 @@ Result<WalIndex::TimeMatch> WalIndex::FindTime(uint32_t tli, int64_t time, uint6
   if (seg_size == 0) return match;
   ASSIGN_OR_RETURN(std::vector<TimelineSpan> path, TimelinePath(tli));
   std::optional<std::pair<uint32_t, uint64_t>> before_ref;  // the last xact event seen, by key
-  for (uint64_t segno = from_lsn / seg_size;; ++segno) {
+  ASSIGN_OR_RETURN(auto first, FirstSegmentFrom(path, from_lsn / seg_size, seg_size));
+  if (!first) return match;
+  for (uint64_t segno = *first;; ++segno) {
     uint32_t ftli = FileTli(path, segno, seg_size);
     ASSIGN_OR_RETURN(auto rec, GetSegmentAt(ftli, segno, seg_size));
     if (!rec) break;
@@ -675,17 +677,22 @@ Result<WalIndex::TimeMatch> WalIndex::FindTime(uint32_t tli, int64_t time, uint6
   return match;
 }
 
-Result<bool> WalIndex::AnySegmentAfter(const std::vector<TimelineSpan>& path, uint64_t segno,
-                                       uint64_t seg_size) {
+Result<std::optional<uint64_t>> WalIndex::FirstSegmentFrom(const std::vector<TimelineSpan>& path,
+                                                           uint64_t segno, uint64_t seg_size) {
+  std::optional<uint64_t> first;
   auto it = kv_->NewIterator(Cf::kMeta);
   for (const TimelineSpan& span : path) {
     std::string prefix(kSegPrefix);
     PutBE32(&prefix, span.tli);
-    it->Seek(WalSegmentKey(WalSegmentName::FromSegNo(span.tli, segno + 1, seg_size)));
-    if (it->Valid() && StartsWith(it->key(), prefix)) return true;
+    it->Seek(WalSegmentKey(WalSegmentName::FromSegNo(span.tli, segno, seg_size)));
     RETURN_IF_ERROR(it->status());
+    WalSegmentName name;
+    if (it->Valid() && StartsWith(it->key(), prefix) && DecodeSegmentKey(it->key(), &name)) {
+      uint64_t found = name.SegNo(seg_size);
+      if (!first || found < *first) first = found;
+    }
   }
-  return false;
+  return first;
 }
 
 Status WalIndex::ComputeWindow(const std::vector<TimelineSpan>& path, const SnapshotInfo& snap,
@@ -716,7 +723,7 @@ Status WalIndex::ComputeWindow(const std::vector<TimelineSpan>& path, const Snap
     std::string name = WalSegmentName::FromSegNo(ftli, segno, seg_size).ToString();
     ASSIGN_OR_RETURN(auto rec, GetSegmentAt(ftli, segno, seg_size));
     if (!rec) {
-      ASSIGN_OR_RETURN(bool more, AnySegmentAfter(path, segno, seg_size));
+      ASSIGN_OR_RETURN(auto more, FirstSegmentFrom(path, segno + 1, seg_size));
       if (more) w->gap = "segment " + name + " is missing";
       break;
     }
@@ -728,7 +735,7 @@ Status WalIndex::ComputeWindow(const std::vector<TimelineSpan>& path, const Snap
     }
     if (!rec->complete()) {
       reached = std::max(reached, rec->end_lsn);
-      ASSIGN_OR_RETURN(bool more, AnySegmentAfter(path, segno, seg_size));
+      ASSIGN_OR_RETURN(auto more, FirstSegmentFrom(path, segno + 1, seg_size));
       if (more)
         w->gap = "the WAL in segment " + name + " ends early at " + FormatLsn(rec->end_lsn) +
                  (rec->error.empty() ? "" : " (" + rec->error + ")");

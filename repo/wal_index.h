@@ -215,8 +215,9 @@ class WalIndex {
   Result<std::optional<WalEvent>> GetEvent(uint32_t tli, uint64_t lsn);
   Status ComputeWindow(const std::vector<TimelineSpan>& path, const SnapshotInfo& snap,
                        uint64_t seg_size, RecoveryWindow* window);
-  Result<bool> AnySegmentAfter(const std::vector<TimelineSpan>& path, uint64_t segno,
-                               uint64_t seg_size);
+  // The first segment number >= `segno` indexed on any timeline of `path`.
+  Result<std::optional<uint64_t>> FirstSegmentFrom(const std::vector<TimelineSpan>& path,
+                                                   uint64_t segno, uint64_t seg_size);
 
   Repository* repo_;
   KvStore* kv_;
