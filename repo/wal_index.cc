@@ -245,6 +245,7 @@ WalIndex::WalIndex(Repository* repo) : repo_(repo), kv_(repo->kv()) {}
 
 Result<WalSegmentRecord> WalIndex::IndexSegment(const std::string& name, const ByteSource& source,
                                                 const WalIndexOptions& options) {
+  std::lock_guard<std::mutex> lock(write_mu_);
   KvBatch batch;
   ASSIGN_OR_RETURN(WalSegmentRecord rec, Prepare(name, source, &batch, options, true));
   // Derived data: not synced on its own (the archive's synced writes make it durable, and the
@@ -427,6 +428,7 @@ Status WalIndex::IndexHistory(const std::string& name, std::string_view content)
   h.EncodeTo(&value);
   KvBatch batch;
   batch.Put(Cf::kMeta, HistoryKey(tli), value);
+  std::lock_guard<std::mutex> lock(write_mu_);
   return kv_->Write(batch, false);
 }
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -141,7 +142,9 @@ struct WalIndexOptions {
   bool tolerant = false;
 };
 
-// Thread-compatible (one writer at a time; queries may run concurrently with each other).
+// Thread-safe. IndexSegment and IndexHistory are serialized, so that a segment indexed at the
+// same time as its neighbour still finds the record the neighbour leaves unfinished. Callers of
+// PrepareSegment serialize it with their own write of the batch.
 class WalIndex {
  public:
   // `repo` must outlive the index.
@@ -222,6 +225,7 @@ class WalIndex {
   Repository* repo_;
   KvStore* kv_;
   SegmentFetcher fetcher_;
+  std::mutex write_mu_;  // serializes IndexSegment and IndexHistory
 };
 
 // Key builders (docs/FORMAT.md, "WAL index"), for tools and tests.
