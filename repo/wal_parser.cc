@@ -168,12 +168,6 @@ uint32_t KeepLength(uint8_t rmid, uint8_t info, uint32_t total_len) {
 
 // ---- LSNs, times, names ------------------------------------------------------------------------
 
-std::string FormatLsn(uint64_t lsn) {
-  char buf[24];
-  snprintf(buf, sizeof(buf), "%X/%X", static_cast<uint32_t>(lsn >> 32), static_cast<uint32_t>(lsn));
-  return buf;
-}
-
 Result<uint64_t> ParseLsn(std::string_view text) {
   size_t slash = text.find('/');
   auto bad = [&] { return Status::InvalidArgument("invalid LSN '" + std::string(text) + "'"); };

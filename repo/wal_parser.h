@@ -23,13 +23,12 @@
 
 #include "repo/coding.h"
 #include "repo/status.h"
+#include "repo/wal_format.h"
 
 namespace pgbackfs {
 
 // ---- LSNs, times and file names ----------------------------------------------------------------
 
-// "16/B374D848", as PostgreSQL prints an LSN.
-std::string FormatLsn(uint64_t lsn);
 // Parses "X/X" (hex). InvalidArgument otherwise.
 Result<uint64_t> ParseLsn(std::string_view text);
 

@@ -66,6 +66,7 @@ int RunCli(const std::vector<std::string>& args, CommandIo* io, RepoProvider* re
   AddArchiveCommands(&app, &ctx);
   AddCloneCommands(&app, &ctx);
   AddDebugCommands(&app, &ctx);
+  AddDebugWalCommands(app.get_subcommand("debug"), &ctx);
 
   std::vector<std::string> reversed(args.rbegin(), args.rend() - 1);
   try {

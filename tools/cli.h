@@ -71,10 +71,11 @@ void AddListCommand(CLI::App* app, CliContext* ctx);
 void AddInfoCommand(CLI::App* app, CliContext* ctx);
 void AddRestoreCommand(CLI::App* app, CliContext* ctx);
 void AddVerifyCommand(CLI::App* app, CliContext* ctx);
-void AddMountCommands(CLI::App* app, CliContext* ctx);    // mount, umount
-void AddArchiveCommands(CLI::App* app, CliContext* ctx);  // archive-push, archive-get
-void AddCloneCommands(CLI::App* app, CliContext* ctx);    // clone create, list, drop, seal
-void AddDebugCommands(CLI::App* app, CliContext* ctx);    // hidden test hooks
+void AddMountCommands(CLI::App* app, CliContext* ctx);       // mount, umount
+void AddArchiveCommands(CLI::App* app, CliContext* ctx);     // archive-push, archive-get
+void AddCloneCommands(CLI::App* app, CliContext* ctx);       // clone create, list, drop, seal
+void AddDebugCommands(CLI::App* app, CliContext* ctx);       // hidden test hooks
+void AddDebugWalCommands(CLI::App* debug, CliContext* ctx);  // debug wal-parse, wal-index, wal-find
 
 // Formatting helpers shared by commands.
 std::string FormatBytes(uint64_t bytes);    // "1.5 GiB"
