@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include "repo/wal_archive.h"
+#include "repo/wal_index.h"
 
 namespace pgbackfs {
 
@@ -148,6 +149,34 @@ Status VerifyRepository(Repository* repo, const std::string& snapshot_id, Verify
       verifier.CheckFile("wal", file.name, file.data);
       return Status::OK();
     }));
+    // The WAL index is derived data: files it lacks (a crash between a history file's record and
+    // its index entry) are indexed now. Then WAL that cannot be parsed is damage.
+    ASSIGN_OR_RETURN(report->wal_files_indexed, wal.IndexMissing());
+    WalIndex index(repo);
+    ASSIGN_OR_RETURN(auto timelines, index.Timelines());
+    for (const TimelineSummary& t : timelines) {
+      for (const std::string& name : t.failed) {
+        Result<WalSegmentRecord> rec = index.GetSegment(name);
+        std::string why = rec.ok() ? rec->error : rec.status().message();
+        if (rec.ok() && rec->tolerant) continue;  // a backup's pg_wal copy may end anywhere
+        report->problems.push_back({"wal", name, 0, "WAL cannot be parsed: " + why});
+      }
+    }
+  }
+  // Every snapshot needs the WAL from its start to its consistent point (it came with the backup).
+  // (Sealed clones diverged from the archive's history: they are not recovery starting points.)
+  std::vector<SnapshotInfo> backups;
+  for (const SnapshotInfo& s : snaps) {
+    if (s.kind == "backup" && !s.end_lsn.empty()) backups.push_back(s);
+  }
+  WalIndex index(repo);
+  ASSIGN_OR_RETURN(auto windows, index.RecoverableWindows(backups));
+  for (const RecoveryWindow& w : windows) {
+    if (!w.consistent) {
+      report->problems.push_back(
+          {w.snapshot, "pg_wal", 0,
+           "the WAL needed to make this snapshot consistent is missing or damaged"});
+    }
   }
   return Status::OK();
 }

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "repo/coding.h"
+#include "repo/wal_index.h"
 
 namespace pgbackfs {
 
@@ -321,12 +322,87 @@ Result<uint64_t> WalArchive::ReadSegmentSize() {
   return size;
 }
 
+std::mutex& WalArchive::CommitMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+namespace {
+// The WAL index, able to read other archived files to finish records that cross segments.
+std::unique_ptr<WalIndex> MakeIndex(Repository* repo, WalArchive* archive) {
+  auto index = std::make_unique<WalIndex>(repo);
+  index->SetSegmentFetcher([archive](const std::string& name) -> Result<ByteSource> {
+    ASSIGN_OR_RETURN(WalFileInfo info, archive->Get(name));
+    return ByteSource(
+        [archive, info](const ByteSink& sink) { return archive->ReadFile(info, sink); });
+  });
+  return index;
+}
+}  // namespace
+
+Status WalArchive::IndexBackupSegment(const std::string& name, const FileData& data) {
+  std::lock_guard<std::mutex> lock(CommitMutex());
+  auto index = MakeIndex(repo_, this);
+  Result<WalSegmentRecord> have = index->GetSegment(name);
+  if (have.ok() && !have->tolerant) return Status::OK();  // the archived copy says more
+  if (!have.ok() && !have.status().IsNotFound()) return have.status();
+  WalFileInfo info;
+  info.name = name;
+  info.kind = WalFileKind::kSegment;
+  info.data = data;
+  WalIndexOptions options;
+  options.tolerant = true;
+  return index
+      ->IndexSegment(
+          name, [this, &info](const ByteSink& sink) { return ReadFile(info, sink); }, options)
+      .status();
+}
+
+Result<uint64_t> WalArchive::IndexMissing() {
+  std::vector<WalFileInfo> todo;
+  {
+    WalIndex index(repo_);
+    RETURN_IF_ERROR(List([&](const WalFileInfo& f) {
+      if (f.kind == WalFileKind::kSegment) {
+        Result<WalSegmentRecord> have = index.GetSegment(f.name);
+        if (have.ok() && !have->tolerant) return Status::OK();
+        if (!have.ok() && !have.status().IsNotFound()) return have.status();
+        todo.push_back(f);
+      } else if (f.kind == WalFileKind::kHistory) {
+        WalFileName parsed;
+        RETURN_IF_ERROR(ParseWalFileName(f.name, &parsed));
+        ASSIGN_OR_RETURN(TimelineHistory h, index.History(parsed.tli));
+        if (h.parents.empty()) todo.push_back(f);
+      }
+      return Status::OK();
+    }));
+  }
+  std::lock_guard<std::mutex> lock(CommitMutex());
+  auto index = MakeIndex(repo_, this);
+  for (const WalFileInfo& f : todo) {
+    if (f.kind == WalFileKind::kSegment) {
+      RETURN_IF_ERROR(
+          index
+              ->IndexSegment(f.name, [this, &f](const ByteSink& sink) { return ReadFile(f, sink); })
+              .status());
+    } else {
+      std::string content;
+      RETURN_IF_ERROR(ReadFile(f, [&](std::string_view piece) {
+        content.append(piece);
+        return Status::OK();
+      }));
+      RETURN_IF_ERROR(index->IndexHistory(f.name, content));
+    }
+  }
+  return static_cast<uint64_t>(todo.size());
+}
+
 Status WalArchive::CheckSegmentSize(uint64_t size) {
   if (!IsValidWalSegmentSize(size)) {
     return Status::InvalidArgument("invalid WAL segment size " + std::to_string(size) +
                                    " (a power of two from 1 MiB to 1 GiB)");
   }
-  std::lock_guard<std::mutex> lock(commit_mu_);
+  std::lock_guard<std::mutex> lock(CommitMutex());
   ASSIGN_OR_RETURN(uint64_t stored, ReadSegmentSize());
   if (stored == size) return Status::OK();
   if (stored != 0) {
@@ -379,7 +455,7 @@ Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed
   if (data.size == 0) {
     return Status::InvalidArgument("WAL file " + Quoted(name) + " is empty");
   }
-  std::lock_guard<std::mutex> lock(commit_mu_);
+  std::lock_guard<std::mutex> lock(CommitMutex());
   ASSIGN_OR_RETURN(uint64_t stored_seg_size, ReadSegmentSize());
   uint64_t seg_size = 0;
   if (IsSegmentLike(parsed.kind)) {
@@ -413,8 +489,31 @@ Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed
   if (seg_size != 0 && stored_seg_size == 0) {
     batch.Put(Cf::kMeta, kWalSegmentSizeKey, std::to_string(seg_size));
   }
+  auto index = MakeIndex(repo_, this);
+  if (parsed.kind == WalFileKind::kSegment) {
+    // What the segment holds goes into the same write as its record. A segment the parser
+    // cannot read is still archived; the index records why (verify and info report it).
+    RETURN_IF_ERROR(
+        index
+            ->PrepareSegment(
+                name, [this, &info](const ByteSink& sink) { return ReadFile(info, sink); }, &batch)
+            .status()
+            .WithContext("index WAL file " + Quoted(name)));
+  }
   // Synced: once this returns the file (and every chunk written before it) is durable.
-  return repo_->kv()->Write(batch, /*sync=*/true);
+  RETURN_IF_ERROR(repo_->kv()->Write(batch, /*sync=*/true));
+  if (parsed.kind == WalFileKind::kHistory) {
+    std::string content;
+    RETURN_IF_ERROR(ReadFile(info, [&](std::string_view piece) {
+      content.append(piece);
+      return Status::OK();
+    }));
+    // A history file that does not parse stays archived (postgres wrote it); it is only not
+    // indexed, and IndexMissing / verify will say so.
+    Status hs = index->IndexHistory(name, content);
+    if (!hs.ok() && hs.code() != Status::Code::kInvalidArgument) return hs;
+  }
+  return Status::OK();
 }
 
 Status WalArchive::ReadFile(const WalFileInfo& info,

@@ -79,6 +79,15 @@ class WalArchive {
   // chunk checked against its hash. An error names the file and the offset.
   Status ReadFile(const WalFileInfo& info, const std::function<Status(std::string_view)>& sink);
 
+  // Indexes a WAL segment that came inside a base backup (its pg_wal copy, which may end
+  // anywhere) into the WAL index, unless an archived copy of it is indexed already. Serialized
+  // with archive commits, which index what they store in the same synced write.
+  Status IndexBackupSegment(const std::string& name, const FileData& data);
+  // Indexes every archived segment and history file the index does not know yet (after a crash
+  // between a history file's record and its index entry, or for a repository written before
+  // the index existed). Returns how many files were indexed.
+  Result<uint64_t> IndexMissing();
+
  private:
   friend class WalWriterImpl;
 
@@ -88,12 +97,14 @@ class WalArchive {
                     std::string_view head);
   Status ValidateSegment(const std::string& name, const WalFileName& parsed, const FileData& data,
                          std::string_view head, uint64_t stored_seg_size, uint64_t* seg_size);
-  Result<uint64_t> ReadSegmentSize();  // one Get; callers that decide on it hold commit_mu_
+  Result<uint64_t> ReadSegmentSize();  // one Get; callers that decide on it hold CommitMutex()
+  // Serializes every check-and-write of a record (and of the segment size) in the process, so
+  // that two writers of one name cannot both store different bytes, however many WalArchive
+  // objects exist (the mount and each forwarded command make their own). One process owns a
+  // repository, so a process-wide lock is enough.
+  static std::mutex& CommitMutex();
 
   Repository* repo_;
-  // Serializes every check-and-write of a record (and of the segment size), so that two writers
-  // of one name cannot both store different bytes.
-  std::mutex commit_mu_;
 };
 
 }  // namespace pgbackfs
