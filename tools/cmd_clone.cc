@@ -10,6 +10,7 @@
 
 #include "repo/clone.h"
 #include "tools/cli.h"
+#include "tools/pitr.h"
 
 namespace pgbackfs {
 
@@ -98,19 +99,62 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
   struct CreateArgs {
     std::string repo, name, from;
     int port = 0;
+    PitrTarget target;
+    std::string time, lsn, xid, target_name;
   };
   auto c = std::make_shared<CreateArgs>();
   CLI::App* create = clone->add_subcommand(
       "create", "create a clone; start it with pg_ctl -D MOUNT/clones/NAME start");
   create->add_option("REPO", c->repo, "repository directory")->required();
   create->add_option("NAME", c->name, "clone name")->required();
-  create->add_option("--from", c->from, "snapshot id, or 'latest'")->required();
+  auto* from = create->add_option("--from", c->from, "snapshot id, or 'latest'");
+  auto* t_time = create->add_option("--target-time", c->time,
+                                    "recover to this time (zone-less: the snapshot's timezone)");
+  auto* t_lsn = create->add_option("--target-lsn", c->lsn, "recover to this LSN");
+  auto* t_xid = create->add_option("--target-xid", c->xid, "recover to this transaction's end");
+  auto* t_name = create->add_option("--target-name", c->target_name, "recover to a restore point");
+  auto* t_imm = create->add_flag("--target-immediate", c->target.immediate,
+                                 "recover the newest backup to consistency only");
+  from->excludes(t_time, t_lsn, t_xid, t_name, t_imm);
+  t_time->excludes(t_lsn, t_xid, t_name, t_imm);
+  t_lsn->excludes(t_xid, t_name, t_imm);
+  t_xid->excludes(t_name, t_imm);
+  t_name->excludes(t_imm);
+  create->add_flag("--target-exclusive", c->target.exclusive, "stop just before the target");
+  create->add_option("--target-timeline", c->target.timeline, "latest (default), current or N");
+  create->add_option("--target-action", c->target.action, "promote (default), pause or shutdown")
+      ->check(CLI::IsMember({"promote", "pause", "shutdown"}));
   create->add_option("--port", c->port, "port the clone's postgres listens on (default: free)")
       ->check(CLI::Range(1, 65535));
   create->callback([c, ctx] {
+    if (c->from.empty() && c->time.empty() && c->lsn.empty() && c->xid.empty() &&
+        c->target_name.empty() && !c->target.immediate) {
+      fprintf(ctx->io->err,
+              "pgbackfs: usage error: give --from SNAPSHOT or one of --target-time, --target-lsn, "
+              "--target-xid, --target-name, --target-immediate\n");
+      ctx->exit_code = 2;
+      return;
+    }
     Repository* repo = ctx->OpenRepo(c->repo);
     if (!repo) return;
-    auto snap = repo->GetSnapshot(c->from);
+    PitrTarget target = c->target;
+    if (!c->time.empty()) target.time = c->time;
+    if (!c->lsn.empty()) target.lsn = c->lsn;
+    if (!c->xid.empty()) target.xid = c->xid;
+    if (!c->target_name.empty()) target.name = c->target_name;
+    Result<SnapshotInfo> snap = Status::NotFound("");
+    std::vector<std::pair<std::string, std::string>> recovery = {
+        {"recovery_target", "immediate"}, {"recovery_target_action", "promote"}};
+    std::string description;
+    if (!c->from.empty()) {
+      snap = repo->GetSnapshot(c->from);
+    } else {
+      Result<PitrPlan> plan = PlanPitr(repo, target);
+      if (!plan.ok()) return ctx->Fail(plan.status());
+      snap = plan->snapshot;
+      recovery = plan->settings;
+      description = plan->description;
+    }
     if (!snap.ok()) return ctx->Fail(snap.status());
     PrepareOptions options;
     options.port = c->port;
@@ -129,10 +173,12 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
       (void)CloneFs::Drop(repo, c->name);  // leave no half-prepared clone behind
       return ctx->Fail(s.WithContext("prepare clone '" + c->name + "'"));
     }
-    fprintf(ctx->io->out,
-            "created clone '%s' of snapshot %s (port %d)\n"
-            "start it with: pg_ctl -D MOUNT/clones/%s start\n",
-            c->name.c_str(), snap->id.c_str(), options.port, c->name.c_str());
+    fprintf(ctx->io->out, "created clone '%s' of snapshot %s (port %d)\n", c->name.c_str(),
+            snap->id.c_str(), options.port);
+    if (!description.empty()) {
+      fprintf(ctx->io->out, "it recovers to %s when started\n", description.c_str());
+    }
+    fprintf(ctx->io->out, "start it with: pg_ctl -D MOUNT/clones/%s start\n", c->name.c_str());
   });
 
   struct ListArgs {

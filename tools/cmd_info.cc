@@ -3,6 +3,8 @@
 #include <map>
 
 #include "repo/wal_archive.h"
+#include "repo/wal_index.h"
+#include "repo/wal_parser.h"
 #include "tools/cli.h"
 
 namespace pgbackfs {
@@ -86,6 +88,16 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
     uint64_t history_files = 0, segment_size = 0;
     Status ws = SummarizeWal(repo, &timelines, &history_files, &segment_size);
     if (!ws.ok()) return ctx->Fail(ws);
+    std::vector<SnapshotInfo> backups;
+    for (const auto& s : *snaps) {
+      if (s.kind == "backup" && !s.end_lsn.empty()) backups.push_back(s);
+    }
+    WalIndex index(repo);
+    auto windows = index.RecoverableWindows(backups);
+    if (!windows.ok()) return ctx->Fail(windows.status());
+    auto indexed = index.Timelines();
+    if (!indexed.ok()) return ctx->Fail(indexed.status());
+    auto ts = [](int64_t t) { return t ? FormatTimestampTz(t) : std::string(); };
     if (args->json) {
       nlohmann::json j = {{"repository", repo->path()},
                           {"format_version", c.format_version},
@@ -104,6 +116,21 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
                             {"history_files", history_files},
                             {"timelines", nlohmann::json::array()}}}};
       for (const auto& s : *snaps) j["snapshots"].push_back(s.ToJson());
+      j["recoverable_windows"] = nlohmann::json::array();
+      for (const RecoveryWindow& w : *windows) {
+        j["recoverable_windows"].push_back({{"timeline", w.timeline},
+                                            {"snapshot", w.snapshot},
+                                            {"consistent", w.consistent},
+                                            {"start_lsn", FormatLsn(w.start_lsn)},
+                                            {"start_time", ts(w.start_time)},
+                                            {"end_lsn", FormatLsn(w.end_lsn)},
+                                            {"end_time", ts(w.end_time)},
+                                            {"gap", w.gap}});
+      }
+      j["wal"]["unparseable"] = nlohmann::json::array();
+      for (const TimelineSummary& t : *indexed) {
+        for (const auto& f : t.failed) j["wal"]["unparseable"].push_back(f);
+      }
       for (const auto& [tli, t] : timelines) {
         j["wal"]["timelines"].push_back({{"timeline", tli},
                                          {"segments", t.segments},
@@ -134,6 +161,18 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
               FormatBytes(t.bytes).c_str(),
               t.gaps.empty() ? "" : (", " + std::to_string(t.gaps.size()) + " gaps").c_str());
       for (const auto& g : t.gaps) fprintf(o, "    gap %s\n", g.c_str());
+    }
+    for (const TimelineSummary& t : *indexed) {
+      for (const auto& f : t.failed) fprintf(o, "    unparseable WAL: %s\n", f.c_str());
+    }
+    fprintf(o, "recoverable windows (any time or LSN inside can be a clone's target):\n");
+    if (windows->empty()) fprintf(o, "  none yet\n");
+    for (const RecoveryWindow& w : *windows) {
+      fprintf(o, "  timeline %u: %s .. %s  (%s .. %s) from snapshot %s%s%s\n", w.timeline,
+              FormatLsn(w.start_lsn).c_str(), FormatLsn(w.end_lsn).c_str(),
+              ts(w.start_time).c_str(), ts(w.end_time).c_str(), w.snapshot.c_str(),
+              w.consistent ? "" : " [the snapshot's own WAL is missing]",
+              w.gap.empty() ? "" : ("; then " + w.gap).c_str());
     }
     if (!snaps->empty()) fprintf(o, "snapshot list:\n");
     for (const auto& s : *snaps) {
