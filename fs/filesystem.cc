@@ -522,7 +522,8 @@ int Filesystem::Create(uint64_t parent_ino, const std::string& name, int flags, 
 
 int Filesystem::Read(uint64_t fh, uint64_t offset, size_t size, std::string* out) {
   std::shared_ptr<Handle> h = GetHandle(fh);
-  if (auto c = std::dynamic_pointer_cast<CloneFileHandle>(h)) return CloneRead(*c, offset, size, out);
+  if (auto c = std::dynamic_pointer_cast<CloneFileHandle>(h))
+    return CloneRead(*c, offset, size, out);
   auto f = std::dynamic_pointer_cast<FileHandle>(h);
   if (!f) return EBADF;
   TreeReader reader(repo_->chunks(), f->data, repo_->config().chunk_size);

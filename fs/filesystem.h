@@ -20,9 +20,9 @@
 
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -183,7 +183,8 @@ class Filesystem {
   int CloneCreate(const Node& parent, const std::string& name, mode_t mode, int flags,
                   EntryOut* entry, OpenOut* out);
   int CloneReadDir(DirHandle* dir, uint64_t offset, bool plus,
-                   const std::function<bool(const DirItem&)>& add);  Result<DirCache::Listing> Listing(const Node& dir);
+                   const std::function<bool(const DirItem&)>& add);
+  Result<DirCache::Listing> Listing(const Node& dir);
 
   uint64_t AddHandle(std::shared_ptr<Handle> handle);
   std::shared_ptr<Handle> GetHandle(uint64_t fh) const;

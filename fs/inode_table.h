@@ -104,9 +104,9 @@ class InodeTable {
   void AddFixed(uint64_t ino, NodeKind kind, const std::string& name, int64_t mtime);
 
   mutable std::mutex mu_;
-  uint64_t next_ino_ = kFirstDynamicIno;             // guarded by mu_
-  std::unordered_map<uint64_t, Slot> nodes_;         // guarded by mu_
-  std::unordered_map<std::string, uint64_t> names_;  // guarded by mu_
+  uint64_t next_ino_ = kFirstDynamicIno;                           // guarded by mu_
+  std::unordered_map<uint64_t, Slot> nodes_;                       // guarded by mu_
+  std::unordered_map<std::string, uint64_t> names_;                // guarded by mu_
   std::map<std::pair<uint64_t, CloneIno>, uint64_t> clone_nodes_;  // guarded by mu_
 };
 
