@@ -48,6 +48,11 @@ void Init(void* userdata, fuse_conn_info* conn) {
   Want(conn, FUSE_CAP_PARALLEL_DIROPS);
   Want(conn, FUSE_CAP_CACHE_SYMLINKS);
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // a write must reach the WalWriter before flush
+  // Every change to a file's content reaches it through this mount's page cache (clone writes
+  // are write-through; snapshots and archived WAL never change), so the page cache is never stale.
+  // With auto_inval_data the kernel would drop a clone file's whole cache each time it sees the
+  // mtime that the file's own writes moved: a scan that sets hint bits would re-read everything.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
