@@ -703,7 +703,7 @@ Result<CloneAttr> CloneFs::SetAttr(CloneIno ino, const CloneSetAttr& set) {
   ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
   KvBatch batch;
   auto [sec, nsec] = Now();
-  if (set.size) {
+  if (set.size && !(set.grow_only && *set.size <= inode.size)) {
     if (inode.type != EntryType::kFile) return Status::IsADirectory("not a regular file");
     RETURN_IF_ERROR(Truncate(&inode, *set.size, &batch));
     inode.mtime_sec = sec;

@@ -51,6 +51,7 @@ struct CloneSetAttr {
   std::optional<uint32_t> mode;
   std::optional<uint64_t> size;
   std::optional<std::pair<int64_t, uint32_t>> mtime;  // seconds, nanoseconds
+  bool grow_only = false;  // `size` only extends the file (fallocate); a smaller one is ignored
 };
 
 // One open clone. Thread-safe.
