@@ -181,7 +181,7 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
       if (!port.ok()) return ctx->Fail(port.status());
       options.port = *port;
     }
-    options.recovery = {{"recovery_target", "immediate"}, {"recovery_target_action", "promote"}};
+    options.recovery = recovery;
     auto info = CloneFs::Create(repo, c->name, *snap);
     if (!info.ok()) return ctx->Fail(info.status());
     auto fs = CloneFs::Open(repo, c->name);
