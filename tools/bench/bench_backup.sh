@@ -39,6 +39,7 @@ PGBACKFS=$(readlink -f "${PGBACKFS:-$ROOT/build/pgbackfs}")
 command -v pgbackrest >/dev/null || bench_die "pgbackrest is not installed"
 [ "$(id -u)" = 0 ] || bench_die "run as root (postgres runs as user postgres through runuser)"
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 bench_workdir
 W=$BENCH_W
 GOLD=$W/gold DATA=$W/data BF=$W/pgbackfs-repo BR=$W/pgbackrest-repo CONF=$W/pgbackrest.conf
@@ -56,9 +57,7 @@ TXT_SIZE=$(pg_psql "$PORT" "SELECT pg_total_relation_size('bench_text')")
 pg_stop "$GOLD"
 DATA_BYTES=$(du -sb --exclude=pg_wal "$GOLD" | cut -f1)
 bench_log "compressing a tar of the data directory with zstd -3"
-RATIO=$(tar -C "$GOLD" --exclude=./pg_wal -cf - . | wc -c)
-PACKED=$(tar -C "$GOLD" --exclude=./pg_wal -cf - . | zstd -3 -q -T1 -c | wc -c)
-ZRATIO=$(python3 -c "print(f'{$RATIO / $PACKED:.2f}')")
+ZRATIO=$(bench_zstd_ratio "$GOLD")
 bench_log "data directory $((DATA_BYTES >> 20)) MiB, zstd -3 ratio $ZRATIO"
 
 cat >"$CONF" <<EOF
@@ -97,13 +96,16 @@ bf_last_json() {
 
 # backup_bf STEP: one pgbackfs backup; records time, rate, bytes_added, du delta.
 backup_bf() {
-  local step=$1 before t0 secs
+  local step=$1 before secs cpu srv0
   before=$(bench_du "$BF")
   bench_drop_caches
-  t0=$(bench_now)
-  "$PGBACKFS" backup "$BF" -d "host=127.0.0.1 port=$PORT user=postgres" --fast-checkpoint \
-    --label "$step" >"$W/bf-$step-$run.out" 2>&1 || { cat "$W/bf-$step-$run.out" >&2; return 1; }
-  secs=$(bench_since "$t0")
+  srv0=$(bench_pg_cpu "$DATA")
+  bench_timed "$W/time" "$PGBACKFS" backup "$BF" -d "host=127.0.0.1 port=$PORT user=postgres" \
+    --fast-checkpoint --label "$step" >"$W/bf-$step-$run.out" 2>&1 ||
+    { cat "$W/bf-$step-$run.out" >&2; return 1; }
+  read -r secs cpu <"$W/time"
+  put "bf.$step.cpu" "$cpu"
+  put "bf.$step.srvcpu" "$(python3 -c "print(f'{$(bench_pg_cpu "$DATA") - $srv0:.2f}')")"
   local logical added du
   logical=$(bf_last_json logical_size)
   added=$(bf_last_json bytes_added)
@@ -119,12 +121,16 @@ backup_bf() {
 
 # backup_br STEP TYPE: one pgBackRest backup.
 backup_br() {
-  local step=$1 type=$2 before_b t0 secs
+  local step=$1 type=$2 before_b secs cpu srv0
   before_b=$(bench_du "$BR/backup")
   bench_drop_caches
-  t0=$(bench_now)
-  pgbr backup --type="$type" >"$W/br-$step-$run.out" 2>&1 || { cat "$W/br-$step-$run.out" >&2; return 1; }
-  secs=$(bench_since "$t0")
+  srv0=$(bench_pg_cpu "$DATA")
+  bench_timed "$W/time" runuser -u postgres -- env PGBACKREST_CONFIG="$CONF" pgbackrest \
+    --stanza=bench backup --type="$type" >"$W/br-$step-$run.out" 2>&1 ||
+    { cat "$W/br-$step-$run.out" >&2; return 1; }
+  read -r secs cpu <"$W/time"
+  put "br.$step.cpu" "$cpu"
+  put "br.$step.srvcpu" "$(python3 -c "print(f'{$(bench_pg_cpu "$DATA") - $srv0:.2f}')")"
   local logical b a
   logical=$(pgbr info --output=json |
     python3 -c "import json,sys; print(json.load(sys.stdin)[0]['backup'][-1]['info']['size'])")
@@ -192,11 +198,14 @@ echo "data directory (without pg_wal): $((DATA_BYTES / M)) MiB; database $((DB_S
 echo "compression ratio of the data directory (tar | zstd -3): ${ZRATIO}x"
 echo "pgbackfs $("$PGBACKFS" --version 2>/dev/null | head -1) ($PGBACKFS), $(pgbackrest version)," \
   "PostgreSQL $(as_pg "$PGBIN/postgres" --version | awk '{print $3}'), $(nproc) cores"
+echo "load average at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cells: median ±spread (max - min) over $RUNS run(s); sizes in MiB"
 echo
 printf '%-50s %-20s %-20s\n' "" "pgbackfs" "pgBackRest"
 row() { printf '%-50s %-20s %-20s\n' "$1" "$2" "$3"; }
 row "full: time (s)" "$(cell bf.full.time 1 2)" "$(cell br.full.time 1 2)"
+row "full: CPU s, backup command" "$(cell bf.full.cpu 1 2)" "$(cell br.full.cpu 1 2)"
+row "full: CPU s, PostgreSQL (walsender, checkpoint...)" "$(cell bf.full.srvcpu 1 2)" "$(cell br.full.srvcpu 1 2)"
 row "full: MB/s (logical size / time)" "$(cell bf.full.mbps 1 1)" "$(cell br.full.mbps 1 1)"
 row "full: logical size" "$(cell bf.full.logical $M 1)" "$(cell br.full.logical $M 1)"
 row "full: repository on disk (du)" "$(cell bf.full.du $M 1)" "$(cell br.full.du $M 1)"
@@ -205,6 +214,7 @@ row "full: bytes_added (pgbackfs list --json)" "$(cell bf.full.added $M 1)" ""
 for step in contiguous spread; do
   label=$([ $step = contiguous ] && echo "5% contiguous" || echo "spread (aid%20)")
   row "$label: time (s)" "$(cell bf.$step.time 1 2)" "$(cell br.$step.time 1 2)"
+  row "$label: CPU s, command + PostgreSQL" "$(cell bf.$step.cpu 1 2) + $(med bf.$step.srvcpu)" "$(cell br.$step.cpu 1 2) + $(med br.$step.srvcpu)"
   row "$label: bytes_added" "$(cell bf.$step.added $M 2)" ""
   row "$label: du delta (pgBackRest: backup/)" "$(cell bf.$step.dudelta $M 2)" "$(cell br.$step.dudelta $M 2)"
   row "$label: pgBackRest archive/ delta (WAL)" "" "$(cell br.$step.archdelta $M 2)"
@@ -212,6 +222,7 @@ done
 echo
 echo "ratios pgbackfs / pgBackRest (of the medians)"
 printf '  %-58s %s  (target <= 1)\n' "full backup time" "$(ratio bf.full.time br.full.time)"
+printf '  %-58s %s\n' "full backup CPU (command + PostgreSQL)" "$(python3 -c "print(f'{($(med bf.full.cpu) + $(med bf.full.srvcpu)) / ($(med br.full.cpu) + $(med br.full.srvcpu)):.3f}')")"
 printf '  %-58s %s  (target <= 1)\n' "repository size after full (du, pgBackRest backup+archive)" \
   "$(ratio bf.full.du br.full.du)"
 printf '  %-58s %s\n' "  same, against pgBackRest backup/ only" "$(ratio bf.full.du br.full.dubackup)"

@@ -11,11 +11,13 @@
 #   bench_make_dataset PORT SCALE TEXT_MB
 #                              pgbench -i -s SCALE, plus bench_text, about TEXT_MB of random
 #                              hex text (md5 strings: zstd packs them about 2x), vacuumed
-#   bench_zstd_ratio DIR       size of a tar of DIR / size of that tar through zstd -3
+#   bench_zstd_ratio DIR       size of a tar of DIR (without pg_wal/) / that tar through zstd -3
 #   bench_drop_caches          sync and drop the page cache (warns once when not allowed)
 #   bench_now / bench_since T  wall-clock seconds
 #   bench_du PATH              bytes on disk (du -s, allocated blocks)
 #   bench_stats V...           "median spread" where spread is max-min
+#   bench_timed FILE CMD...    run CMD; write its wall and CPU seconds to FILE
+#   bench_pg_cpu DATADIR       CPU seconds used by a running cluster so far
 #   bench_free_port            a free TCP port on 127.0.0.1
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -98,8 +100,8 @@ bench_make_dataset() {
 
 bench_zstd_ratio() {
   local raw packed
-  raw=$(tar -C "$1" -cf - . 2>/dev/null | wc -c)
-  packed=$(tar -C "$1" -cf - . 2>/dev/null | zstd -3 -q -c | wc -c)
+  raw=$(tar -C "$1" --exclude=./pg_wal -cf - . 2>/dev/null | wc -c)
+  packed=$(tar -C "$1" --exclude=./pg_wal -cf - . 2>/dev/null | zstd -3 -q -T1 -c | wc -c)
   python3 -c "print(f'{$raw / $packed:.2f}')"
 }
 
@@ -123,5 +125,47 @@ bench_stats() {
 import statistics, sys
 v = [float(x) for x in sys.argv[1:]]
 print(f"{statistics.median(v):.6g} {max(v) - min(v):.6g}")
+PY
+}
+
+# bench_timed FILE CMD...: run CMD, write "WALL_S CPU_S" (CPU = user + sys of CMD and the
+# children it waited for) to FILE, return CMD's exit status. The CPU time barely moves with the
+# load from other processes on a shared machine, the wall time does.
+bench_timed() {
+  local file=$1
+  shift
+  python3 - "$file" "$@" <<'PY'
+import resource, subprocess, sys, time
+t = time.monotonic()
+rc = subprocess.call(sys.argv[2:])
+wall = time.monotonic() - t
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{wall:.3f} {r.ru_utime + r.ru_stime:.3f}\n")
+sys.exit(rc)
+PY
+}
+
+# bench_pg_cpu DATADIR: CPU seconds used so far by the cluster: the postmaster, its live children,
+# and (through the postmaster's cutime/cstime) the children it already reaped, such as a walsender.
+bench_pg_cpu() {
+  python3 - "$1" <<'PY'
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+pm = int(open(os.path.join(sys.argv[1], "postmaster.pid")).readline())
+def stat(pid):
+    s = open(f"/proc/{pid}/stat").read()
+    return s[s.rindex(")") + 2:].split()  # fields from 3 (state) on
+total = 0
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        f = stat(pid)
+    except OSError:
+        continue
+    if int(pid) == pm or int(f[1]) == pm:  # f[1] is the ppid
+        total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+print(f"{total / tck:.2f}")
 PY
 }
