@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Backup benchmark, pgbackfs against pgBackRest 2.45 on the same PostgreSQL 15, side by side.
 #
-# Usage: tools/bench/bench_backup.sh [--scale N] [--runs R] [--text-mb M] [--keep]
+# Usage: tools/bench/bench_backup.sh [--scale N] [--runs R] [--text-mb M] [--init-args ARGS] [--keep]
 #   --scale N    pgbench scale (default 50)
 #   --runs R     repetitions; each prints medians and spread (max - min) (default 3)
 #   --text-mb M  size of the random text table (default 30 MB per scale unit, which makes the whole
 #                data directory compress about 3x with zstd -3; pgbench alone compresses ~18x)
+#   --init-args ARGS  extra arguments for `pgbackfs init` (say "--compression zstd:1")
 #   --keep       keep the work directory (under $BENCH_TMP, default /var/tmp)
 # Environment: PGBACKFS (default build/pgbackfs), BENCH_TMP.
 #
@@ -23,11 +24,13 @@ source "$ROOT/tools/bench/lib.sh"
 SCALE=50
 RUNS=3
 TEXT_MB=
+INIT_ARGS=
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) SCALE=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --text-mb) TEXT_MB=$2; shift 2 ;;
+    --init-args) INIT_ARGS=$2; shift 2 ;;
     --keep) export BENCH_KEEP=1; shift ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -49,8 +52,10 @@ ROWS=$((SCALE * 100000))
 # ---------------------------------------------------------------- data set (once)
 bench_log "data set: pgbench scale $SCALE + ${TEXT_MB} MB of md5 text"
 pg_initdb "$GOLD"
-pg_start "$GOLD" "$PORT" -c autovacuum=off -c max_wal_size=4GB
+# wal_recycle=off: no segments recycled ahead for later, a smaller copy of the data directory.
+pg_start "$GOLD" "$PORT" -c autovacuum=off -c max_wal_size=4GB -c wal_recycle=off
 bench_make_dataset "$PORT" "$SCALE" "$TEXT_MB"
+
 DB_SIZE=$(pg_psql "$PORT" "SELECT pg_database_size('postgres')")
 ACC_SIZE=$(pg_psql "$PORT" "SELECT pg_total_relation_size('pgbench_accounts')")
 TXT_SIZE=$(pg_psql "$PORT" "SELECT pg_total_relation_size('bench_text')")
@@ -58,7 +63,7 @@ pg_stop "$GOLD"
 DATA_BYTES=$(du -sb --exclude=pg_wal "$GOLD" | cut -f1)
 bench_log "compressing a tar of the data directory with zstd -3"
 ZRATIO=$(bench_zstd_ratio "$GOLD")
-bench_log "data directory $((DATA_BYTES >> 20)) MiB, zstd -3 ratio $ZRATIO"
+bench_log "data directory $((DATA_BYTES >> 20)) MiB (pg_wal $(($(du -sb "$GOLD/pg_wal" | cut -f1) >> 20)) MiB), zstd -3 ratio $ZRATIO"
 
 cat >"$CONF" <<EOF
 [global]
@@ -163,10 +168,11 @@ for ((run = 1; run <= RUNS; run++)); do
   cp -a "$GOLD" "$DATA"
   mkdir -p "$BR" && chown postgres "$BR"
   PG_START_ENV="PGBACKREST_CONFIG=$CONF" pg_start "$DATA" "$PORT" -c autovacuum=off \
-    -c max_wal_size=4GB -c archive_mode=on -c "archive_command=pgbackrest --stanza=bench archive-push %p"
+    -c archive_mode=on -c "archive_command=pgbackrest --stanza=bench archive-push %p"
   pgbr stanza-create >/dev/null
   BR_ARCHIVE_BEFORE=$(bench_du "$BR/archive")
-  "$PGBACKFS" init "$BF" >/dev/null
+  # shellcheck disable=SC2086  # INIT_ARGS is a list of words
+  "$PGBACKFS" init "$BF" $INIT_ARGS >/dev/null
 
   both full full
 
@@ -196,7 +202,7 @@ echo "== backup benchmark: pgbench scale $SCALE + $TEXT_MB MB of md5 text, $RUNS
 echo "data directory (without pg_wal): $((DATA_BYTES / M)) MiB; database $((DB_SIZE / M)) MiB" \
   "(pgbench_accounts $((ACC_SIZE / M)) MiB, bench_text $((TXT_SIZE / M)) MiB)"
 echo "compression ratio of the data directory (tar | zstd -3): ${ZRATIO}x"
-echo "pgbackfs $("$PGBACKFS" --version 2>/dev/null | head -1) ($PGBACKFS), $(pgbackrest version)," \
+echo "$("$PGBACKFS" --version 2>/dev/null | head -1) ($PGBACKFS, source $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null), init ${INIT_ARGS:-with defaults}), $(pgbackrest version)," \
   "PostgreSQL $(as_pg "$PGBIN/postgres" --version | awk '{print $3}'), $(nproc) cores"
 echo "load average at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cells: median ±spread (max - min) over $RUNS run(s); sizes in MiB"
