@@ -188,10 +188,15 @@ for ((run = 1; run <= RUNS; run++)); do
 done
 
 # ---------------------------------------------------------------- report
-med() { bench_stats ${V[$1]} | cut -d' ' -f1; }
+stats_of() {  # the values of V[$1], as bench_stats prints them
+  local -a vals
+  read -ra vals <<<"${V[$1]}"
+  bench_stats "${vals[@]}"
+}
+med() { stats_of "$1" | cut -d' ' -f1; }
 cell() {  # median ± spread, scaled by $2 (a divisor), $3 decimals
   local m s
-  read -r m s < <(bench_stats ${V[$1]})
+  read -r m s < <(stats_of "$1")
   python3 -c "print(f'{$m / $2:.$3f} ±{$s / $2:.$3f}')"
 }
 ratio() { python3 -c "print(f'{$(med "$1") / $(med "$2"):.3f}')"; }

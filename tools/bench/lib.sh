@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the benchmarks in tools/bench/ (source it; it defines functions only, plus
 # PGBIN). Everything a bench starts goes through bench_defer, so that one EXIT trap stops it.
 #
@@ -68,6 +69,7 @@ pg_start() {
   opts="-p $port -k $BENCH_W -c listen_addresses=127.0.0.1"
   local a
   for a in "$@"; do opts+=" $(printf '%q' "$a")"; done
+  # shellcheck disable=SC2086  # PG_START_ENV: zero or more NAME=VALUE words
   as_pg env ${PG_START_ENV:-} "$PGBIN/pg_ctl" -D "$dir" -l "$BENCH_W/pg-$port.log" -w -t 300 \
     start -o "$opts" >/dev/null || { tail -20 "$BENCH_W/pg-$port.log" >&2; return 1; }
   bench_defer "runuser -u postgres -- '$PGBIN/pg_ctl' -D '$dir' -m immediate -w stop"
