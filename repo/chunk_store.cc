@@ -329,6 +329,24 @@ Result<ChunkId> ChunkWriter::Add(std::string_view chunk) {
   return ids[0];
 }
 
+Status ChunkWriter::AddEncoded(const ChunkId& id, size_t raw_size, std::string_view encoded) {
+  stats_.chunks++;
+  stats_.logical_bytes += raw_size;
+  if (id.IsZero()) {
+    stats_.zero_chunks++;
+    return Status::OK();
+  }
+  if (pending_.count(id)) return Status::OK();
+  ASSIGN_OR_RETURN(bool have, store_->Contains(id));
+  if (have) return Status::OK();
+  pending_.insert(id);
+  stats_.new_chunks++;
+  stats_.new_stored_bytes += encoded.size() + id.bytes.size();
+  batch_.Put(Cf::kChunks, id.AsKey(), encoded);
+  if (batch_.ApproximateBytes() >= batch_bytes_) return Flush(false);
+  return Status::OK();
+}
+
 Status ChunkWriter::Flush(bool sync) {
   if (batch_.empty()) {
     return sync ? store_->kv()->Sync() : Status::OK();

@@ -112,6 +112,8 @@ class ChunkWriter {
   // Adds chunks, hashing and compressing them in parallel; ids[i] is the id of chunks[i].
   Status AddMany(const std::vector<std::string_view>& chunks, std::vector<ChunkId>* ids);
   Result<ChunkId> Add(std::string_view chunk);
+  // Adds a chunk already hashed and encoded (ChunkStore::Encode), unless it is stored already.
+  Status AddEncoded(const ChunkId& id, size_t raw_size, std::string_view encoded);
   // Writes what is buffered. Durable with `sync` (or by a later synced write of the same store).
   Status Flush(bool sync);
   const WriteStats& stats() const { return stats_; }
