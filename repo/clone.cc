@@ -581,7 +581,7 @@ Status CloneFs::Rename(CloneIno parent, const std::string& name, CloneIno new_pa
 
 std::string CloneFs::EncodeOverride(const ChunkId& id, std::string_view raw) const {
   std::string value(id.AsKey());
-  if (!id.IsZero()) value += repo_->chunks()->Encode(raw);
+  if (!id.IsZero()) value += repo_->chunks()->EncodeFast(raw);
   return value;
 }
 
