@@ -86,6 +86,9 @@ class ChunkStore {
 
   // Encodes raw chunk bytes for storage (compressed when that is smaller).
   std::string Encode(std::string_view raw) const;
+  // Same, with the fastest zstd level (1) whatever the repository's: for bytes that are written
+  // often and may be overwritten soon (clone overrides), where compression time is latency.
+  std::string EncodeFast(std::string_view raw) const;
   // Decodes a stored value and checks it against `id`.
   static Status DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out);
 
@@ -97,6 +100,7 @@ class ChunkStore {
 
  private:
   class Pool;
+  static std::string EncodeAt(std::string_view raw, int zstd_level);
   KvStore* kv_;
   int zstd_level_;
   std::unique_ptr<ChunkCache> cache_;
@@ -112,6 +116,8 @@ class ChunkWriter {
   // Adds chunks, hashing and compressing them in parallel; ids[i] is the id of chunks[i].
   Status AddMany(const std::vector<std::string_view>& chunks, std::vector<ChunkId>* ids);
   Result<ChunkId> Add(std::string_view chunk);
+  // Adds a chunk already hashed and encoded (ChunkStore::Encode), unless it is stored already.
+  Status AddEncoded(const ChunkId& id, size_t raw_size, std::string_view encoded);
   // Writes what is buffered. Durable with `sync` (or by a later synced write of the same store).
   Status Flush(bool sync);
   const WriteStats& stats() const { return stats_; }
