@@ -305,6 +305,7 @@ int Filesystem::CloneOpen(std::shared_ptr<const Node> node, int flags, OpenOut* 
     attr = node->clone->GetAttr(node->clone_ino);  // gone if unlinked or its clone dropped
   }
   if (!attr.ok()) return CloneError(*node, "open", attr.status());
+  node->clone->OpenFile(node->clone_ino);  // Release() closes it
   auto h = std::make_shared<CloneFileHandle>();
   h->node = std::move(node);
   out->fh = AddHandle(h);
@@ -329,6 +330,7 @@ int Filesystem::CloneCreate(const Node& parent, const std::string& name, mode_t 
   }
   if (!attr.ok()) return CloneError(parent, "create", attr.status());
   AddCloneEntry(parent, name, *attr, entry);
+  parent.clone->OpenFile(attr->ino);  // Release() closes it
   auto h = std::make_shared<CloneFileHandle>();
   h->node = inodes_.Get(entry->ino);
   out->fh = AddHandle(h);
