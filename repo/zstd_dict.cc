@@ -1,0 +1,96 @@
+#include "repo/zstd_dict.h"
+
+// ZSTD_createCDict_advanced / ZSTD_createDDict_advanced (raw-content dictionaries) are in zstd's
+// "advanced" API; they have been there unchanged since zstd 1.3.
+#define ZSTD_STATIC_LINKING_ONLY
+#include <zdict.h>
+#include <zstd.h>
+
+namespace pgbackfs {
+
+std::string ZstdDictKey(uint32_t id) {
+  std::string key(kZstdDictKeyPrefix);
+  for (int shift = 24; shift >= 0; shift -= 8) key.push_back(static_cast<char>(id >> shift));
+  return key;
+}
+
+Result<std::shared_ptr<const ZstdDictionary>> ZstdDictionary::Create(uint32_t id,
+                                                                     std::string content,
+                                                                     int level) {
+  std::shared_ptr<ZstdDictionary> dict(new ZstdDictionary());
+  dict->id_ = id;
+  dict->content_ = std::move(content);
+  const std::string& c = dict->content_;
+  dict->ddict_ = ZSTD_createDDict_advanced(c.data(), c.size(), ZSTD_dlm_byRef,
+                                           ZSTD_dct_rawContent, ZSTD_defaultCMem);
+  if (!dict->ddict_) {
+    return Status::Corruption("zstd dictionary " + std::to_string(id) + " cannot be loaded");
+  }
+  if (level > 0) {
+    // Parameters for an unknown source size, as ZSTD_createCDict chooses them.
+    ZSTD_compressionParameters params = ZSTD_getCParams(level, 0, c.size());
+    dict->cdict_ = ZSTD_createCDict_advanced(c.data(), c.size(), ZSTD_dlm_byRef,
+                                             ZSTD_dct_rawContent, params, ZSTD_defaultCMem);
+    if (!dict->cdict_) {
+      return Status::Corruption("zstd dictionary " + std::to_string(id) + " cannot be loaded");
+    }
+  }
+  return std::shared_ptr<const ZstdDictionary>(std::move(dict));
+}
+
+ZstdDictionary::~ZstdDictionary() {
+  ZSTD_freeCDict(cdict_);
+  ZSTD_freeDDict(ddict_);
+}
+
+void ChunkSample::Add(std::string_view chunk) {
+  std::string_view piece = chunk.substr(0, max_piece_);
+  ++seen_;
+  if (items_.size() < max_items_) {
+    items_.emplace_back(piece);
+    bytes_ += piece.size();
+    return;
+  }
+  // Reservoir sampling: every chunk seen so far is in the sample with the same probability.
+  uint64_t slot = rng_() % seen_;
+  if (slot >= items_.size()) return;
+  bytes_ -= items_[slot].size();
+  items_[slot].assign(piece);
+  bytes_ += piece.size();
+}
+
+void ChunkSample::Concatenate(std::string* buffer, std::vector<size_t>* sizes) const {
+  buffer->clear();
+  buffer->reserve(bytes_);
+  sizes->clear();
+  for (const std::string& item : items_) {
+    buffer->append(item);
+    sizes->push_back(item.size());
+  }
+}
+
+void ChunkSample::Clear() {
+  items_.clear();
+  items_.shrink_to_fit();
+  bytes_ = 0;
+}
+
+Result<std::string> TrainZstdDictionary(const std::string& samples,
+                                        const std::vector<size_t>& sizes, size_t capacity) {
+  std::string dict(capacity, '\0');
+  size_t n = ZDICT_trainFromBuffer(dict.data(), dict.size(), samples.data(), sizes.data(),
+                                   static_cast<unsigned>(sizes.size()));
+  if (ZDICT_isError(n)) {
+    return Status::FailedPrecondition(std::string("cannot train a zstd dictionary on ") +
+                                      std::to_string(sizes.size()) + " chunks: " +
+                                      ZDICT_getErrorName(n));
+  }
+  // Keep the content only (see zstd_dict.h).
+  size_t header = ZDICT_getDictHeaderSize(dict.data(), n);
+  if (ZDICT_isError(header) || header >= n) {
+    return Status::FailedPrecondition("zstd dictionary training produced no content");
+  }
+  return dict.substr(header, n - header);
+}
+
+}  // namespace pgbackfs
