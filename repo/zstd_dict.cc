@@ -1,10 +1,13 @@
 #include "repo/zstd_dict.h"
 
-// ZSTD_createCDict_advanced / ZSTD_createDDict_advanced (raw-content dictionaries) are in zstd's
-// "advanced" API; they have been there unchanged since zstd 1.3.
+// ZSTD_createCDict_advanced / ZSTD_createDDict_advanced (raw-content dictionaries) and
+// ZDICT_trainFromBuffer_fastCover are in zstd's "advanced" API, unchanged since zstd 1.3/1.4.
 #define ZSTD_STATIC_LINKING_ONLY
+#define ZDICT_STATIC_LINKING_ONLY
 #include <zdict.h>
 #include <zstd.h>
+
+#include <algorithm>
 
 namespace pgbackfs {
 
@@ -78,8 +81,22 @@ void ChunkSample::Clear() {
 Result<std::string> TrainZstdDictionary(const std::string& samples,
                                         const std::vector<size_t>& sizes, size_t capacity) {
   std::string dict(capacity, '\0');
-  size_t n = ZDICT_trainFromBuffer(dict.data(), dict.size(), samples.data(), sizes.data(),
-                                   static_cast<unsigned>(sizes.size()));
+  // One fastCover pass with fixed parameters. ZDICT_trainFromBuffer searches several (it tries
+  // k values on 3/4 of the sample and scores them on the rest) and takes 4x as long, a pause of
+  // about 0.3 s per 8 MiB sample in the writer, for no better result on PostgreSQL pages
+  // (measured on a pgbench + random text database: 0.5% smaller repository, 1% larger chunks
+  // with the last dictionary).
+  ZDICT_fastCover_params_t params{};
+  params.k = static_cast<unsigned>(std::min<size_t>(1024, capacity / 4));
+  params.d = 8;
+  params.f = 20;
+  params.accel = 1;
+  params.steps = 0;
+  params.splitPoint = 1.0;
+  params.zParams.compressionLevel = 3;
+  size_t n = ZDICT_trainFromBuffer_fastCover(dict.data(), dict.size(), samples.data(),
+                                             sizes.data(), static_cast<unsigned>(sizes.size()),
+                                             params);
   if (ZDICT_isError(n)) {
     return Status::FailedPrecondition(std::string("cannot train a zstd dictionary on ") +
                                       std::to_string(sizes.size()) + " chunks: " +
