@@ -1,10 +1,9 @@
 #include "repo/chunk_store.h"
 
 #define XXH_INLINE_ALL
+#include <spdlog/spdlog.h>
 #include <xxhash.h>
 #include <zstd.h>
-
-#include <spdlog/spdlog.h>
 
 #include <condition_variable>
 #include <list>
@@ -216,9 +215,9 @@ std::string ChunkStore::Encode(std::string_view raw) const {
     if (dict && dict->cdict()) {
       constexpr size_t kHeader = 5;  // codec, dictionary id
       out.resize(kHeader + ZSTD_compressBound(raw.size()));
-      size_t n = ZSTD_compress_usingCDict(ThreadZstd().cctx, out.data() + kHeader,
-                                          out.size() - kHeader, raw.data(), raw.size(),
-                                          dict->cdict());
+      size_t n =
+          ZSTD_compress_usingCDict(ThreadZstd().cctx, out.data() + kHeader, out.size() - kHeader,
+                                   raw.data(), raw.size(), dict->cdict());
       if (!ZSTD_isError(n) && kHeader + n < 1 + raw.size()) {
         out.resize(kHeader + n);
         std::string header;
@@ -263,8 +262,7 @@ Status ChunkStore::DecodeAndVerify(const ChunkId& id, std::string_view stored, s
       if (!r.ok()) {
         Status s = r.status();
         return (s.IsNotFound() ? Status::Corruption(s.message()) : s)
-            .WithContext("chunk " + id.Hex() + " uses zstd dictionary " +
-                         std::to_string(dict_id));
+            .WithContext("chunk " + id.Hex() + " uses zstd dictionary " + std::to_string(dict_id));
       }
       dict = std::move(r).value();
     }
@@ -273,11 +271,10 @@ Status ChunkStore::DecodeAndVerify(const ChunkId& id, std::string_view stored, s
       return Status::Corruption("chunk " + id.Hex() + " has a bad zstd frame");
     }
     out->resize(n);
-    size_t got =
-        dict ? ZSTD_decompress_usingDDict(ThreadZstd().dctx, out->data(), n, payload.data(),
-                                          payload.size(), dict->ddict())
-             : ZSTD_decompressDCtx(ThreadZstd().dctx, out->data(), n, payload.data(),
-                                   payload.size());
+    size_t got = dict ? ZSTD_decompress_usingDDict(ThreadZstd().dctx, out->data(), n,
+                                                   payload.data(), payload.size(), dict->ddict())
+                      : ZSTD_decompressDCtx(ThreadZstd().dctx, out->data(), n, payload.data(),
+                                            payload.size());
     if (ZSTD_isError(got) || got != n) {
       return Status::Corruption("chunk " + id.Hex() + " does not decompress");
     }
@@ -412,8 +409,8 @@ Status ChunkStore::LoadCurrentDictionaryLocked() {
   if (train_dictionaries_ && zstd_level_ > 0 && id < after.size()) {
     next_training_at_ = std::max(after[id], new_bytes_seen_ + 1);
     if (!sample_) {
-      sample_ = std::make_unique<ChunkSample>(dict_options_.sample_chunks,
-                                              dict_options_.sample_piece);
+      sample_ =
+          std::make_unique<ChunkSample>(dict_options_.sample_chunks, dict_options_.sample_piece);
     }
     sampling_.store(true);
   } else {
@@ -477,6 +474,8 @@ Status ChunkStore::SampleNewChunks(const std::vector<std::string_view>& chunks) 
     id = std::max(id, existing + 1);
   }
   RETURN_IF_ERROR(it->status());
+  // If what follows fails, the next attempt waits like after a failed training.
+  next_training_at_ = 2 * new_bytes_seen_;
   ASSIGN_OR_RETURN(std::shared_ptr<const ZstdDictionary> dict,
                    ZstdDictionary::Create(id, std::move(content).value(), zstd_level_));
   // Synced before any chunk uses it, so a chunk is never durable without its dictionary.

@@ -24,8 +24,8 @@ Result<std::shared_ptr<const ZstdDictionary>> ZstdDictionary::Create(uint32_t id
   dict->id_ = id;
   dict->content_ = std::move(content);
   const std::string& c = dict->content_;
-  dict->ddict_ = ZSTD_createDDict_advanced(c.data(), c.size(), ZSTD_dlm_byRef,
-                                           ZSTD_dct_rawContent, ZSTD_defaultCMem);
+  dict->ddict_ = ZSTD_createDDict_advanced(c.data(), c.size(), ZSTD_dlm_byRef, ZSTD_dct_rawContent,
+                                           ZSTD_defaultCMem);
   if (!dict->ddict_) {
     return Status::Corruption("zstd dictionary " + std::to_string(id) + " cannot be loaded");
   }
@@ -94,13 +94,12 @@ Result<std::string> TrainZstdDictionary(const std::string& samples,
   params.steps = 0;
   params.splitPoint = 1.0;
   params.zParams.compressionLevel = 3;
-  size_t n = ZDICT_trainFromBuffer_fastCover(dict.data(), dict.size(), samples.data(),
-                                             sizes.data(), static_cast<unsigned>(sizes.size()),
-                                             params);
+  size_t n = ZDICT_trainFromBuffer_fastCover(dict.data(), dict.size(), samples.data(), sizes.data(),
+                                             static_cast<unsigned>(sizes.size()), params);
   if (ZDICT_isError(n)) {
     return Status::FailedPrecondition(std::string("cannot train a zstd dictionary on ") +
-                                      std::to_string(sizes.size()) + " chunks: " +
-                                      ZDICT_getErrorName(n));
+                                      std::to_string(sizes.size()) +
+                                      " chunks: " + ZDICT_getErrorName(n));
   }
   // Keep the content only (see zstd_dict.h).
   size_t header = ZDICT_getDictHeaderSize(dict.data(), n);

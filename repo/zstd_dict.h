@@ -23,7 +23,7 @@ struct ZSTD_DDict_s;
 namespace pgbackfs {
 
 // Meta column family keys.
-inline constexpr std::string_view kZstdDictKeyPrefix = "zstd_dict/";       // + u32 BE id
+inline constexpr std::string_view kZstdDictKeyPrefix = "zstd_dict/";          // + u32 BE id
 inline constexpr std::string_view kZstdDictCurrentKey = "zstd_dict_current";  // u32 LE id
 std::string ZstdDictKey(uint32_t id);
 
