@@ -7,14 +7,9 @@
 #include <ctime>
 
 #include "fs/errno_map.h"
+#include "fs/filesystem_internal.h"
 
 namespace pgbackfs {
-
-namespace {
-
-constexpr size_t kNameMax = 255;
-constexpr blksize_t kBlockSize = 128 << 10;
-constexpr blksize_t kWalBlockSize = 1 << 20;  // cp sizes its buffer after the destination's
 
 mode_t TypeBits(EntryType type) {
   switch (type) {
@@ -29,43 +24,14 @@ mode_t TypeBits(EntryType type) {
 }
 
 std::string Describe(const Node& node) {
+  if (node.clone) {
+    return "clone '" + node.clone->info().name + "' '" + (node.path.empty() ? "/" : node.path) +
+           "' (clone inode " + std::to_string(node.clone_ino) + ")";
+  }
   if (node.area() == Area::kWal) return "wal/" + node.path;
   if (node.snapshot_id.empty()) return node.path;
   return "snapshot " + node.snapshot_id + " '" + (node.path.empty() ? "/" : node.path) + "'";
 }
-
-}  // namespace
-
-struct Filesystem::Handle {
-  virtual ~Handle() = default;
-};
-
-// An open file with immutable content: a snapshot file or an archived WAL file.
-struct Filesystem::FileHandle : Handle {
-  std::shared_ptr<const Node> node;
-  FileData data;
-};
-
-// A file being written into wal/.
-struct Filesystem::WriteHandle : Handle {
-  std::shared_ptr<const Node> node;
-  std::mutex mu;
-  std::unique_ptr<WalWriter> writer;  // guarded by mu
-  bool committed = false;             // guarded by mu: the last flush stored it
-  bool dirty = false;                 // guarded by mu: writes since the last commit
-};
-
-// An open directory: what it listed when read from offset 0. A snapshot directory keeps the
-// shared decoded listing (no copy per open directory); the others keep node protos.
-struct Filesystem::DirHandle : Handle {
-  std::shared_ptr<const Node> node;
-  std::mutex mu;
-  DirCache::Listing listing;  // guarded by mu: snapshot directories
-  std::vector<Node> items;    // guarded by mu: the other directories
-  bool loaded = false;        // guarded by mu
-
-  size_t count() const { return listing ? listing->size() : items.size(); }
-};
 
 Filesystem::Filesystem(Repository* repo, const FsOptions& options)
     : repo_(repo),
@@ -109,6 +75,9 @@ void Filesystem::FillAttr(const Node& node, uint64_t size, struct stat* st) cons
 
 double Filesystem::AttrTimeout(const Node& node) const {
   switch (node.kind) {
+    case NodeKind::kCloneRoot:
+    case NodeKind::kCloneEntry:
+      return options_.clone_timeout;
     case NodeKind::kSnapshotEntry:
       return options_.immutable_timeout;
     case NodeKind::kWalNew:
@@ -145,18 +114,20 @@ int Filesystem::NodeAttr(const Node& node, struct stat* st) {
 int Filesystem::GetAttr(uint64_t ino, struct stat* st, double* timeout) {
   std::shared_ptr<const Node> node = inodes_.Get(ino);
   if (!node) return ENOENT;
+  if (node->clone) return CloneGetAttr(*node, st, timeout);
   *timeout = AttrTimeout(*node);
   return NodeAttr(*node, st);
 }
 
-int Filesystem::SetAttr(uint64_t ino, bool set_size, uint64_t size, uint64_t fh, struct stat* st,
-                        double* timeout) {
+int Filesystem::SetAttr(uint64_t ino, const AttrChange& change, struct stat* st, double* timeout) {
   std::shared_ptr<const Node> node = inodes_.Get(ino);
   if (!node) return ENOENT;
+  if (node->clone) return SetCloneAttr(*node, change, st, timeout);
   if (node->area() != Area::kWal) return EROFS;
   if (node->is_dir()) return EPERM;
-  if (set_size) {
-    std::shared_ptr<WriteHandle> w = std::dynamic_pointer_cast<WriteHandle>(GetHandle(fh));
+  if (change.size) {
+    uint64_t size = *change.size;
+    std::shared_ptr<WriteHandle> w = std::dynamic_pointer_cast<WriteHandle>(GetHandle(change.fh));
     if (!w) w = AnyWriter(ino);
     if (!w) return EPERM;  // an archived file never changes
     std::lock_guard<std::mutex> lock(w->mu);
@@ -175,6 +146,12 @@ int Filesystem::ReadLink(uint64_t ino, std::string* target) {
   std::shared_ptr<const Node> node = inodes_.Get(ino);
   if (!node) return ENOENT;
   if (node->entry.type != EntryType::kSymlink) return EINVAL;
+  if (node->clone) {
+    Result<std::string> link = node->clone->Readlink(node->clone_ino);
+    if (!link.ok()) return CloneError(*node, "readlink", link.status());
+    *target = std::move(link).value();
+    return 0;
+  }
   *target = node->entry.link_target;
   return 0;
 }
@@ -233,7 +210,9 @@ int Filesystem::LookupNode(const Node& parent, const std::string& name, Node* pr
       return 0;
     }
     case NodeKind::kClonesDir:
-      return ENOENT;
+    case NodeKind::kCloneRoot:
+    case NodeKind::kCloneEntry:
+      return ENOENT;  // Lookup() handles them
     case NodeKind::kSnapshotRoot:
     case NodeKind::kSnapshotEntry: {
       if (!parent.is_dir()) return ENOTDIR;
@@ -260,6 +239,9 @@ int Filesystem::LookupNode(const Node& parent, const std::string& name, Node* pr
 int Filesystem::Lookup(uint64_t parent_ino, const std::string& name, EntryOut* out) {
   std::shared_ptr<const Node> parent = inodes_.Get(parent_ino);
   if (!parent) return ENOENT;
+  if (name.size() > kNameMax) return ENAMETOOLONG;
+  if (parent->kind == NodeKind::kClonesDir) return LookupCloneRoot(name, out);
+  if (parent->clone) return LookupInClone(*parent, name, out);
   Node proto;
   int err = LookupNode(*parent, name, &proto);
   if (err) return err;
@@ -338,8 +320,28 @@ int Filesystem::LoadDir(DirHandle* dir) {
       }
       return 0;
     }
-    case NodeKind::kClonesDir:
+    case NodeKind::kClonesDir: {
+      Result<std::vector<CloneInfo>> clones = CloneFs::List(repo_);
+      if (!clones.ok()) {
+        spdlog::error("listing clones: {}", clones.status().ToString());
+        return StatusToErrno(clones.status());
+      }
+      for (const CloneInfo& info : *clones) {
+        Result<std::shared_ptr<CloneFs>> clone = CloneFs::Open(repo_, info.name);
+        if (!clone.ok()) continue;  // dropped since
+        Node n = proto();
+        n.kind = NodeKind::kCloneRoot;
+        n.entry.name = info.name;
+        n.entry.type = EntryType::kDirectory;
+        n.clone = std::move(clone).value();
+        n.clone_ino = kCloneRootIno;
+        items.push_back(std::move(n));
+      }
       return 0;
+    }
+    case NodeKind::kCloneRoot:
+    case NodeKind::kCloneEntry:
+      return ENOTDIR;  // ReadDir() handles them
     case NodeKind::kSnapshotRoot:
     case NodeKind::kSnapshotEntry: {
       Result<DirCache::Listing> listing = Listing(node);
@@ -362,6 +364,7 @@ int Filesystem::ReadDir(uint64_t fh, uint64_t offset, bool plus,
   auto dir = std::dynamic_pointer_cast<DirHandle>(GetHandle(fh));
   if (!dir) return EBADF;
   std::lock_guard<std::mutex> lock(dir->mu);
+  if (dir->node->clone) return CloneReadDir(dir.get(), offset, plus, add);
   if (offset == 0 || !dir->loaded) {
     // Offset 0 (opendir or rewinddir) lists afresh: new snapshots and WAL files show at once.
     int err = LoadDir(dir.get());
@@ -395,6 +398,25 @@ int Filesystem::ReadDir(uint64_t fh, uint64_t offset, bool plus,
     }
     item.name = proto.entry.name;
     item.type = TypeBits(proto.entry.type);
+    if (proto.clone) {  // clones/<name>
+      if (plus) {
+        Result<CloneAttr> attr = proto.clone->GetAttr(kCloneRootIno);
+        if (!attr.ok()) continue;  // dropped since
+        std::shared_ptr<const Node> child = inodes_.Lookup(std::move(proto));
+        FillCloneEntry(*child, *attr, &item.entry);
+        item.ino = child->ino;
+        if (!add(item)) {
+          inodes_.Forget(child->ino, 1);
+          return 0;
+        }
+      } else {
+        std::shared_ptr<const Node> known =
+            inodes_.FindClone(proto.clone->info().id, kCloneRootIno);
+        item.ino = known ? known->ino : (uint64_t{1} << 63) | pos;
+        if (!add(item)) return 0;
+      }
+      continue;
+    }
     if (plus) {
       std::shared_ptr<const Node> child = inodes_.Lookup(std::move(proto));
       uint64_t size = child->entry.size();
@@ -426,6 +448,7 @@ int Filesystem::Open(uint64_t ino, int flags, OpenOut* out) {
   std::shared_ptr<const Node> node = inodes_.Get(ino);
   if (!node) return ENOENT;
   if (node->is_dir()) return EISDIR;
+  if (node->clone) return CloneOpen(node, flags, out);
   bool writing = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
   if (node->area() != Area::kWal) {
     if (writing) return EROFS;
@@ -457,11 +480,15 @@ int Filesystem::Open(uint64_t ino, int flags, OpenOut* out) {
 }
 
 int Filesystem::Create(uint64_t parent_ino, const std::string& name, int flags, EntryOut* entry,
-                       OpenOut* out) {
+                       OpenOut* out, mode_t mode) {
   std::shared_ptr<const Node> parent = inodes_.Get(parent_ino);
   if (!parent) return ENOENT;
-  if (parent->kind != NodeKind::kWalDir) return parent->area() == Area::kWal ? ENOTDIR : EROFS;
   if (name.size() > kNameMax) return ENAMETOOLONG;
+  if (parent->clone) return CloneCreate(*parent, name, mode, flags, entry, out);
+  if (parent->kind != NodeKind::kWalDir) {
+    if (parent->area() == Area::kWal) return ENOTDIR;
+    return parent->area() == Area::kClones ? EPERM : EROFS;
+  }
   WalFileKind kind;
   Status s = ParseWalFileName(name, &kind);
   if (!s.ok()) {
@@ -495,6 +522,8 @@ int Filesystem::Create(uint64_t parent_ino, const std::string& name, int flags, 
 
 int Filesystem::Read(uint64_t fh, uint64_t offset, size_t size, std::string* out) {
   std::shared_ptr<Handle> h = GetHandle(fh);
+  if (auto c = std::dynamic_pointer_cast<CloneFileHandle>(h))
+    return CloneRead(*c, offset, size, out);
   auto f = std::dynamic_pointer_cast<FileHandle>(h);
   if (!f) return EBADF;
   TreeReader reader(repo_->chunks(), f->data, repo_->config().chunk_size);
@@ -509,7 +538,9 @@ int Filesystem::Read(uint64_t fh, uint64_t offset, size_t size, std::string* out
 }
 
 int Filesystem::Write(uint64_t fh, uint64_t offset, std::string_view data) {
-  auto w = std::dynamic_pointer_cast<WriteHandle>(GetHandle(fh));
+  std::shared_ptr<Handle> h = GetHandle(fh);
+  if (auto c = std::dynamic_pointer_cast<CloneFileHandle>(h)) return CloneWrite(*c, offset, data);
+  auto w = std::dynamic_pointer_cast<WriteHandle>(h);
   if (!w) return EBADF;
   std::lock_guard<std::mutex> lock(w->mu);
   Status s = w->writer->Write(offset, data);
@@ -571,14 +602,19 @@ void Filesystem::Release(uint64_t fh) {
 int Filesystem::DenyChange(uint64_t parent_ino) {
   std::shared_ptr<const Node> parent = inodes_.Get(parent_ino);
   if (!parent) return ENOENT;
-  return parent->area() == Area::kWal ? EPERM : EROFS;
+  return DenyChange(*parent);
 }
 
-int Filesystem::DenyRename(uint64_t parent, uint64_t newparent) {
-  int a = DenyChange(parent);
-  int b = DenyChange(newparent);
-  if (a == EROFS || b == EROFS) return EROFS;
-  return a ? a : b;
+int Filesystem::DenyChange(const Node& parent) const {
+  switch (parent.area()) {
+    case Area::kWal:
+    case Area::kClones:
+      return EPERM;
+    case Area::kTop:
+    case Area::kBackups:
+      break;
+  }
+  return EROFS;
 }
 
 int Filesystem::StatFs(struct statvfs* st) {

@@ -6,7 +6,11 @@
 //   MOUNT/wal/<name>        the WAL archive: create + write + close archives a file (the commit
 //                           happens in flush, so close() reports it); no unlink, rename or mkdir
 //                           (EPERM: the archive is append-only)
-//   MOUNT/clones/           empty and read-only until clones exist
+//   MOUNT/clones/           one directory per clone (CloneFs::List, re-read on every lookup and
+//                           listing); clones are made and dropped with `pgbackfs clone`, so
+//                           mkdir, rmdir and rename here are refused (EPERM)
+//   MOUNT/clones/<name>/... the clone's writable copy-on-write tree (repo/clone.h): every change
+//                           goes to the clone's overlay, never to its snapshot
 //
 // Thread-safe: FUSE calls it from several threads at once.
 #pragma once
@@ -18,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -38,6 +43,25 @@ struct FsOptions {
   // backups/<id>, wal/<name> and the fixed directories: a snapshot can be expired. Names that do
   // not exist are never cached (ENOENT replies carry no timeout), so new files show at once.
   double dynamic_timeout = 1;
+  // Entries and attributes below clones/<name>/. Every change to a clone's tree reaches it through
+  // this mount, whose kernel caches follow it (writes, truncates, creates, unlinks and renames
+  // update them), so a short timeout only bounds how long a dropped clone's names stay visible.
+  // clones/<name> itself gets no entry caching: a clone can be dropped and made again any time.
+  double clone_timeout = 1;
+  // Keep a clone file's page cache between opens. Correct because every write to a clone file
+  // goes through this mount's page cache (write-through), and the daemon writes clone files
+  // directly only while setting up a new clone, before the kernel has seen any of its inodes.
+  bool clone_keep_cache = true;
+};
+
+// What setattr asks for; unset fields stay as they are.
+struct AttrChange {
+  std::optional<uint64_t> size;
+  std::optional<mode_t> mode;
+  std::optional<struct timespec> mtime;
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
+  uint64_t fh = 0;  // the open file it came through, 0 if none
 };
 
 // What lookup, create and readdirplus hand to the kernel. Each one counts a kernel lookup.
@@ -74,10 +98,11 @@ class Filesystem {
   int Lookup(uint64_t parent, const std::string& name, EntryOut* out);
   void Forget(uint64_t ino, uint64_t nlookup);
   int GetAttr(uint64_t ino, struct stat* st, double* timeout);
-  // `set_size`: truncate a WAL file being written to `size` (through `fh` if not 0). Other
-  // attribute changes are refused outside wal/ and ignored on WAL files.
-  int SetAttr(uint64_t ino, bool set_size, uint64_t size, uint64_t fh, struct stat* st,
-              double* timeout);
+  // Clones: size (truncate or extend with zeros), mode and mtime change; atime is ignored; a
+  // chown to anything but the --owner uid/gid is EPERM (every file shows that owner). wal/: the
+  // size of a WAL file being written (through `change.fh` if not 0), other changes ignored.
+  // Elsewhere EROFS.
+  int SetAttr(uint64_t ino, const AttrChange& change, struct stat* st, double* timeout);
   int ReadLink(uint64_t ino, std::string* target);
 
   int OpenDir(uint64_t ino, uint64_t* fh);
@@ -89,7 +114,10 @@ class Filesystem {
   void ReleaseDir(uint64_t fh);
 
   int Open(uint64_t ino, int flags, OpenOut* out);
-  int Create(uint64_t parent, const std::string& name, int flags, EntryOut* entry, OpenOut* out);
+  // In a clone: O_EXCL is EEXIST if the name exists; without it an existing file is opened (and
+  // truncated with O_TRUNC). In wal/: starts archiving a file (see the top of this file).
+  int Create(uint64_t parent, const std::string& name, int flags, EntryOut* entry, OpenOut* out,
+             mode_t mode = 0600);
   // Appends the bytes of [offset, offset + size) to `out` (fewer at the end of the file).
   int Read(uint64_t fh, uint64_t offset, size_t size, std::string* out);
   int Write(uint64_t fh, uint64_t offset, std::string_view data);
@@ -97,9 +125,25 @@ class Filesystem {
   int Flush(uint64_t fh);
   void Release(uint64_t fh);
 
-  // mkdir, mknod, symlink, link, unlink, rmdir in `parent`: EROFS, or EPERM in wal/.
+  // Namespace changes: done inside a clone; elsewhere EROFS (backups/ and the top), or EPERM
+  // (wal/ is append-only, clones/ holds what `pgbackfs clone` makes).
+  int Mknod(uint64_t parent, const std::string& name, mode_t mode, EntryOut* out);
+  int Mkdir(uint64_t parent, const std::string& name, mode_t mode, EntryOut* out);
+  int Symlink(uint64_t parent, const std::string& name, const std::string& target, EntryOut* out);
+  int Unlink(uint64_t parent, const std::string& name);
+  int Rmdir(uint64_t parent, const std::string& name);
+  // `flags`: RENAME_NOREPLACE is honoured; RENAME_EXCHANGE and RENAME_WHITEOUT are EINVAL.
+  // Between two clones, or a clone and wal/: EXDEV.
+  int Rename(uint64_t parent, const std::string& name, uint64_t newparent,
+             const std::string& newname, unsigned flags);
+  // What is refused everywhere (hard links; clones have none): EROFS, or EPERM in wal/ and clones.
   int DenyChange(uint64_t parent);
-  int DenyRename(uint64_t parent, uint64_t newparent);
+  // fsync and fsyncdir: in a clone, every earlier change is durable when it returns 0. Elsewhere
+  // nothing is buffered (snapshots never change; a WAL file is stored by the flush of close()).
+  int Fsync(uint64_t ino);
+  // Mode 0 extends a clone file with zeros to offset + length if that is past its end; other
+  // modes are EOPNOTSUPP.
+  int Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length);
   int StatFs(struct statvfs* st);
 
   InodeTable* inodes() { return &inodes_; }
@@ -111,6 +155,7 @@ class Filesystem {
   struct FileHandle;
   struct WriteHandle;
   struct DirHandle;
+  struct CloneFileHandle;
 
   void FillAttr(const Node& node, uint64_t size, struct stat* st) const;
   int NodeAttr(const Node& node, struct stat* st);
@@ -118,6 +163,27 @@ class Filesystem {
   double AttrTimeout(const Node& node) const;
   int LookupNode(const Node& parent, const std::string& name, Node* proto);
   int LoadDir(DirHandle* dir);
+  int DenyChange(const Node& parent) const;
+
+  // Clone nodes (fs/filesystem_clone.cc).
+  void FillCloneAttr(const CloneAttr& a, uint64_t ino, struct stat* st) const;
+  void FillCloneEntry(const Node& node, const CloneAttr& a, EntryOut* out) const;
+  double CloneTimeout(const Node& node) const;
+  int CloneError(const Node& node, const char* op, const Status& s) const;
+  int LookupCloneRoot(const std::string& name, EntryOut* out);
+  int LookupInClone(const Node& parent, const std::string& name, EntryOut* out);
+  // Counts a lookup of `attr` (a child of `parent`) and fills `out`.
+  void AddCloneEntry(const Node& parent, const std::string& name, const CloneAttr& attr,
+                     EntryOut* out);
+  int CloneGetAttr(const Node& node, struct stat* st, double* timeout);
+  int SetCloneAttr(const Node& node, const AttrChange& change, struct stat* st, double* timeout);
+  int CloneOpen(std::shared_ptr<const Node> node, int flags, OpenOut* out);
+  int CloneRead(const CloneFileHandle& h, uint64_t offset, size_t size, std::string* out);
+  int CloneWrite(const CloneFileHandle& h, uint64_t offset, std::string_view data);
+  int CloneCreate(const Node& parent, const std::string& name, mode_t mode, int flags,
+                  EntryOut* entry, OpenOut* out);
+  int CloneReadDir(DirHandle* dir, uint64_t offset, bool plus,
+                   const std::function<bool(const DirItem&)>& add);
   Result<DirCache::Listing> Listing(const Node& dir);
 
   uint64_t AddHandle(std::shared_ptr<Handle> handle);

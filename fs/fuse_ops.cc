@@ -1,6 +1,7 @@
 #include "fs/fuse_ops.h"
 
 #include <cerrno>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,11 @@ void Init(void* userdata, fuse_conn_info* conn) {
   Want(conn, FUSE_CAP_PARALLEL_DIROPS);
   Want(conn, FUSE_CAP_CACHE_SYMLINKS);
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // a write must reach the WalWriter before flush
+  // Every change to a file's content reaches it through this mount's page cache (clone writes
+  // are write-through; snapshots and archived WAL never change), so the page cache is never stale.
+  // With auto_inval_data the kernel would drop a clone file's whole cache each time it sees the
+  // mtime that the file's own writes moved: a scan that sets hint bits would re-read everything.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -82,11 +88,23 @@ void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  AttrChange change;
+  if (to_set & FUSE_SET_ATTR_SIZE) change.size = static_cast<uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_MODE) change.mode = attr->st_mode;
+  if (to_set & FUSE_SET_ATTR_UID) change.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) change.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    change.mtime = now;
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    change.mtime = attr->st_mtim;
+  }
+  // atime is not kept (it shows the mtime).
+  change.fh = fi ? fi->fh : 0;
   struct stat st;
   double timeout;
-  bool set_size = to_set & FUSE_SET_ATTR_SIZE;
-  int err = Fs(req)->SetAttr(ino, set_size, set_size ? static_cast<uint64_t>(attr->st_size) : 0,
-                             fi ? fi->fh : 0, &st, &timeout);
+  int err = Fs(req)->SetAttr(ino, change, &st, &timeout);
   if (err) {
     fuse_reply_err(req, err);
     return;
@@ -104,27 +122,43 @@ void ReadLink(fuse_req_t req, fuse_ino_t ino) {
   fuse_reply_readlink(req, target.c_str());
 }
 
-void Mknod(fuse_req_t req, fuse_ino_t parent, const char*, mode_t, dev_t) {
-  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+// Replies with a new entry, or the error; an entry the kernel never got is forgotten again.
+void ReplyEntry(fuse_req_t req, int err, const EntryOut& out) {
+  if (err) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_entry_param e = ToParam(out);
+  if (fuse_reply_entry(req, &e) == -ENOENT) Fs(req)->Forget(out.ino, 1);  // interrupted
 }
-void Mkdir(fuse_req_t req, fuse_ino_t parent, const char*, mode_t) {
-  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+
+void Mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+  EntryOut out;
+  int err = Fs(req)->Mknod(parent, name, mode, &out);
+  ReplyEntry(req, err, out);
 }
-void Unlink(fuse_req_t req, fuse_ino_t parent, const char*) {
-  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+void Mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  EntryOut out;
+  int err = Fs(req)->Mkdir(parent, name, mode, &out);
+  ReplyEntry(req, err, out);
 }
-void Rmdir(fuse_req_t req, fuse_ino_t parent, const char*) {
-  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  EntryOut out;
+  int err = Fs(req)->Symlink(parent, name, target, &out);
+  ReplyEntry(req, err, out);
 }
-void Symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char*) {
-  fuse_reply_err(req, Fs(req)->DenyChange(parent));
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_reply_err(req, Fs(req)->Unlink(parent, name));
+}
+void Rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_reply_err(req, Fs(req)->Rmdir(parent, name));
 }
 void Link(fuse_req_t req, fuse_ino_t, fuse_ino_t newparent, const char*) {
   fuse_reply_err(req, Fs(req)->DenyChange(newparent));
 }
-void Rename(fuse_req_t req, fuse_ino_t parent, const char*, fuse_ino_t newparent, const char*,
-            unsigned int) {
-  fuse_reply_err(req, Fs(req)->DenyRename(parent, newparent));
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+            const char* newname, unsigned int flags) {
+  fuse_reply_err(req, Fs(req)->Rename(parent, name, newparent, newname, flags));
 }
 
 void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -138,10 +172,10 @@ void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fuse_reply_open(req, fi) == -ENOENT) Fs(req)->Release(out.fh);  // interrupted
 }
 
-void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info* fi) {
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   EntryOut entry;
   OpenOut out;
-  int err = Fs(req)->Create(parent, name, fi->flags, &entry, &out);
+  int err = Fs(req)->Create(parent, name, fi->flags, &entry, &out, mode);
   if (err) {
     fuse_reply_err(req, err);
     return;
@@ -187,9 +221,21 @@ void Release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
-// Nothing is buffered here: snapshot files never change, and a WAL file is stored durably by the
-// flush that close() runs. PostgreSQL PANICs on an fsync error, so success it is.
-void Fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); }
+// fsync and fsyncdir. A clone's changes are durable when this replies 0; elsewhere nothing is
+// buffered. PostgreSQL PANICs on ENOSYS or EINVAL, so both are always implemented.
+void Fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
+  fuse_reply_err(req, Fs(req)->Fsync(ino));
+}
+
+void Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+               fuse_file_info*) {
+  if (offset < 0 || length <= 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  fuse_reply_err(req, Fs(req)->Fallocate(ino, mode, static_cast<uint64_t>(offset),
+                                         static_cast<uint64_t>(length)));
+}
 
 void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   uint64_t fh;
@@ -280,6 +326,7 @@ fuse_lowlevel_ops MakeOps() {
   ops.readdirplus = ReadDirPlus;
   ops.releasedir = ReleaseDir;
   ops.fsyncdir = Fsync;
+  ops.fallocate = Fallocate;
   ops.statfs = StatFs;
   return ops;
 }

@@ -15,6 +15,8 @@ Area Node::area() const {
     case NodeKind::kWalNew:
       return Area::kWal;
     case NodeKind::kClonesDir:
+    case NodeKind::kCloneRoot:
+    case NodeKind::kCloneEntry:
       return Area::kClones;
   }
   return Area::kTop;
@@ -59,6 +61,21 @@ std::string InodeTable::NameKey(uint64_t parent, const std::string& name) {
 }
 
 std::shared_ptr<const Node> InodeTable::Lookup(Node proto) {
+  if (proto.clone) {
+    std::pair<uint64_t, CloneIno> key{proto.clone->info().id, proto.clone_ino};
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = clone_nodes_.find(key);
+    if (it != clone_nodes_.end()) {
+      Slot& slot = nodes_.at(it->second);
+      ++slot.lookups;
+      return slot.node;
+    }
+    proto.ino = next_ino_++;
+    auto node = std::make_shared<const Node>(std::move(proto));
+    nodes_[node->ino] = Slot{node, 1, false};
+    clone_nodes_[key] = node->ino;
+    return node;
+  }
   std::string key = NameKey(proto.parent, proto.entry.name);
   std::lock_guard<std::mutex> lock(mu_);
   auto name_it = names_.find(key);
@@ -99,6 +116,13 @@ std::shared_ptr<const Node> InodeTable::Find(uint64_t parent, const std::string&
   return nodes_.at(it->second).node;
 }
 
+std::shared_ptr<const Node> InodeTable::FindClone(uint64_t clone_id, CloneIno clone_ino) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = clone_nodes_.find({clone_id, clone_ino});
+  if (it == clone_nodes_.end()) return nullptr;
+  return nodes_.at(it->second).node;
+}
+
 void InodeTable::Forget(uint64_t ino, uint64_t nlookup) {
   if (ino < kFirstDynamicIno) return;
   std::lock_guard<std::mutex> lock(mu_);
@@ -108,6 +132,7 @@ void InodeTable::Forget(uint64_t ino, uint64_t nlookup) {
   slot.lookups = nlookup >= slot.lookups ? 0 : slot.lookups - nlookup;
   if (slot.lookups > 0) return;
   if (slot.named) names_.erase(NameKey(slot.node->parent, slot.node->entry.name));
+  if (slot.node->clone) clone_nodes_.erase({slot.node->clone->info().id, slot.node->clone_ino});
   nodes_.erase(it);
 }
 

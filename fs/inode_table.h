@@ -9,18 +9,20 @@
 // a snapshot expired and made again): the name then maps to a new node, and the old one lives on
 // until forgotten.
 //
-// Clones (later) will add kinds whose content is a snapshot Entry plus a writable overlay. Their
-// mutable state will hang off the node behind a pointer (the overlay's handle), keyed by the same
-// (parent, name) scheme; nothing here assumes that content never changes, only that a Node value
-// does not.
+// Clone nodes are different: their content lives in the clone (repo/clone.h) and changes, so the
+// node carries only the clone and the clone's inode number, and it is keyed by those, not by
+// (parent, name). One clone inode is one kernel inode however it is reached (after a rename, by
+// readdirplus or lookup), so the kernel never holds two page caches for one file.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
+#include "repo/clone.h"
 #include "repo/snapshot.h"
 
 namespace pgbackfs {
@@ -34,6 +36,8 @@ enum class NodeKind : uint8_t {
   kSnapshotEntry,  // anything below backups/<id>/: entry is its snapshot Entry
   kWalFile,        // MOUNT/wal/<name>, archived: entry.data is its content
   kWalNew,         // MOUNT/wal/<name> made by create(): not found by name, not yet archived
+  kCloneRoot,      // MOUNT/clones/<name>/: the clone's root directory
+  kCloneEntry,     // anything below clones/<name>/
 };
 
 // Where a node lives, which decides what a change is answered with (EROFS or EPERM).
@@ -45,7 +49,11 @@ struct Node {
   uint64_t parent = 0;
   std::string snapshot_id;  // snapshot nodes
   std::string path;         // relative to the snapshot root, or the WAL file name; for logs
-  Entry entry;              // name, type, mode, mtime, content
+  Entry entry;              // name, type, mode, mtime, content; clone nodes: name and type only
+  // Clone nodes: the clone (kept alive while the kernel knows the node) and its inode number.
+  // Attributes and content are read from the clone on every request.
+  std::shared_ptr<CloneFs> clone;
+  CloneIno clone_ino = 0;
 
   Area area() const;
   bool is_dir() const;
@@ -67,8 +75,9 @@ class InodeTable {
   InodeTable& operator=(const InodeTable&) = delete;
 
   // The node for `proto.parent`/`proto.entry.name`: the existing one if it has the same content,
-  // else a new one (proto with a fresh ino) that the name maps to from now on. Counts one kernel
-  // lookup on the returned node.
+  // else a new one (proto with a fresh ino) that the name maps to from now on. A clone node
+  // (proto.clone set) is found by (clone, clone_ino) instead. Counts one kernel lookup on the
+  // returned node.
   std::shared_ptr<const Node> Lookup(Node proto);
   // A node not reachable by name (a file being written); counts one kernel lookup.
   std::shared_ptr<const Node> AddAnonymous(Node proto);
@@ -76,6 +85,9 @@ class InodeTable {
   std::shared_ptr<const Node> Get(uint64_t ino) const;
   // The node `parent`/`name` maps to without counting a lookup; null if none.
   std::shared_ptr<const Node> Find(uint64_t parent, const std::string& name) const;
+  // The node of inode `clone_ino` of the clone with id `clone_id`, if the kernel knows it; no
+  // lookup is counted.
+  std::shared_ptr<const Node> FindClone(uint64_t clone_id, CloneIno clone_ino) const;
   // The kernel dropped `nlookup` references. The fixed directories are never removed.
   void Forget(uint64_t ino, uint64_t nlookup);
 
@@ -92,9 +104,10 @@ class InodeTable {
   void AddFixed(uint64_t ino, NodeKind kind, const std::string& name, int64_t mtime);
 
   mutable std::mutex mu_;
-  uint64_t next_ino_ = kFirstDynamicIno;             // guarded by mu_
-  std::unordered_map<uint64_t, Slot> nodes_;         // guarded by mu_
-  std::unordered_map<std::string, uint64_t> names_;  // guarded by mu_
+  uint64_t next_ino_ = kFirstDynamicIno;                           // guarded by mu_
+  std::unordered_map<uint64_t, Slot> nodes_;                       // guarded by mu_
+  std::unordered_map<std::string, uint64_t> names_;                // guarded by mu_
+  std::map<std::pair<uint64_t, CloneIno>, uint64_t> clone_nodes_;  // guarded by mu_
 };
 
 }  // namespace pgbackfs

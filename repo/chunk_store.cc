@@ -5,6 +5,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <list>
 #include <thread>
@@ -209,9 +210,17 @@ void ChunkStore::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
 }
 
 std::string ChunkStore::Encode(std::string_view raw) const {
+  std::shared_ptr<const ZstdDictionary> dict = current_dict_.load(std::memory_order_acquire);
+  return EncodeAt(raw, zstd_level_, dict.get());
+}
+
+std::string ChunkStore::EncodeFast(std::string_view raw) const {
+  return EncodeAt(raw, std::min(zstd_level_, 1), nullptr);
+}
+
+std::string ChunkStore::EncodeAt(std::string_view raw, int zstd_level, const ZstdDictionary* dict) {
   std::string out;
-  if (zstd_level_ > 0) {
-    std::shared_ptr<const ZstdDictionary> dict = current_dict_.load(std::memory_order_acquire);
+  if (zstd_level > 0) {
     if (dict && dict->cdict()) {
       constexpr size_t kHeader = 5;  // codec, dictionary id
       out.resize(kHeader + ZSTD_compressBound(raw.size()));
@@ -229,7 +238,7 @@ std::string ChunkStore::Encode(std::string_view raw) const {
     } else {
       out.resize(1 + ZSTD_compressBound(raw.size()));
       size_t n = ZSTD_compressCCtx(ThreadZstd().cctx, out.data() + 1, out.size() - 1, raw.data(),
-                                   raw.size(), zstd_level_);
+                                   raw.size(), zstd_level);
       if (!ZSTD_isError(n) && n < raw.size()) {
         out[0] = static_cast<char>(kCodecZstd);
         out.resize(1 + n);
@@ -545,6 +554,24 @@ Result<ChunkId> ChunkWriter::Add(std::string_view chunk) {
   std::vector<ChunkId> ids;
   RETURN_IF_ERROR(AddMany({chunk}, &ids));
   return ids[0];
+}
+
+Status ChunkWriter::AddEncoded(const ChunkId& id, size_t raw_size, std::string_view encoded) {
+  stats_.chunks++;
+  stats_.logical_bytes += raw_size;
+  if (id.IsZero()) {
+    stats_.zero_chunks++;
+    return Status::OK();
+  }
+  if (pending_.count(id)) return Status::OK();
+  ASSIGN_OR_RETURN(bool have, store_->Contains(id));
+  if (have) return Status::OK();
+  pending_.insert(id);
+  stats_.new_chunks++;
+  stats_.new_stored_bytes += encoded.size() + id.bytes.size();
+  batch_.Put(Cf::kChunks, id.AsKey(), encoded);
+  if (batch_.ApproximateBytes() >= batch_bytes_) return Flush(false);
+  return Status::OK();
 }
 
 Status ChunkWriter::Flush(bool sync) {

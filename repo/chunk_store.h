@@ -104,6 +104,10 @@ class ChunkStore {
   // Encodes raw chunk bytes for storage (compressed, with the current dictionary if there is
   // one, when that is smaller).
   std::string Encode(std::string_view raw) const;
+  // Same, with the fastest zstd level (1) whatever the repository's, and no dictionary: for
+  // bytes that are written often and may be overwritten soon (clone overrides), where
+  // compression time is latency.
+  std::string EncodeFast(std::string_view raw) const;
   // Decodes a stored value and checks it against `id`. Corruption when it cannot be decoded
   // (also when the dictionary it names is missing) or does not match.
   Status DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out);
@@ -126,11 +130,12 @@ class ChunkStore {
 
  private:
   class Pool;
+  // `dict` (may be null) must have been prepared at `zstd_level`.
+  static std::string EncodeAt(std::string_view raw, int zstd_level, const ZstdDictionary* dict);
   // A dictionary by id: the current one, a cached one, or loaded from the meta column family.
   Result<std::shared_ptr<const ZstdDictionary>> GetDictionary(uint32_t id);
   void CacheDictionary(std::shared_ptr<const ZstdDictionary> dict);
   Status LoadCurrentDictionaryLocked();  // sample_mu_ held
-  Status TrainDictionary(uint64_t seen_at_start);
 
   KvStore* kv_;
   int zstd_level_;
@@ -162,6 +167,8 @@ class ChunkWriter {
   // Adds chunks, hashing and compressing them in parallel; ids[i] is the id of chunks[i].
   Status AddMany(const std::vector<std::string_view>& chunks, std::vector<ChunkId>* ids);
   Result<ChunkId> Add(std::string_view chunk);
+  // Adds a chunk already hashed and encoded (ChunkStore::Encode), unless it is stored already.
+  Status AddEncoded(const ChunkId& id, size_t raw_size, std::string_view encoded);
   // Writes what is buffered. Durable with `sync` (or by a later synced write of the same store).
   Status Flush(bool sync);
   const WriteStats& stats() const { return stats_; }

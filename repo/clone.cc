@@ -579,21 +579,36 @@ Status CloneFs::Rename(CloneIno parent, const std::string& name, CloneIno new_pa
   return repo_->kv()->Write(batch, false);
 }
 
-Status CloneFs::ReadChunk(const Inode& inode, uint64_t index, std::string* out) {
-  if (inode.has_overrides()) {
-    std::string value;
-    Status s = repo_->kv()->Get(Cf::kOverlay, ChunkKey(inode.ino, index), &value);
-    if (s.ok()) {
-      if (value.size() != 16) return Status::Corruption("bad chunk override");
-      return repo_->chunks()->Get(ChunkId::FromKey(value), chunk_size_, out);
-    }
-    if (!s.IsNotFound()) return s;
+std::string CloneFs::EncodeOverride(const ChunkId& id, std::string_view raw) const {
+  std::string value(id.AsKey());
+  if (!id.IsZero()) value += repo_->chunks()->EncodeFast(raw);
+  return value;
+}
+
+Status CloneFs::DecodeOverride(std::string_view value, ChunkId* id, std::string* out) {
+  if (value.size() < 16)
+    return Status::Corruption("bad chunk override in clone '" + info_.name + "'");
+  *id = ChunkId::FromKey(value.substr(0, 16));
+  if (value.size() == 16) {
+    // The all-zero chunk, or one kept in the chunks column family.
+    Status s = repo_->chunks()->Get(*id, chunk_size_, out);
+    if (s.IsNotFound()) return Status::Corruption(s.message());  // absence is damage here
+    return s;
   }
+  RETURN_IF_ERROR(repo_->chunks()->DecodeAndVerify(*id, value.substr(16), out));
+  if (out->size() != chunk_size_) {
+    return Status::Corruption("chunk override " + id->Hex() + " in clone '" + info_.name +
+                              "' has " + std::to_string(out->size()) + " bytes");
+  }
+  return Status::OK();
+}
+
+Status CloneFs::ReadBaseChunk(const Inode& inode, TreeReader* base, uint64_t index,
+                              std::string* out) {
   uint64_t start = index * chunk_size_;
   if (start < inode.base_limit) {
-    TreeReader base(repo_->chunks(), inode.base, chunk_size_);
-    ASSIGN_OR_RETURN(ChunkId id, base.Leaf(index));
-    ASSIGN_OR_RETURN(auto data, repo_->chunks()->GetCached(id, base.LeafSize(index)));
+    ASSIGN_OR_RETURN(ChunkId id, base->Leaf(index));
+    ASSIGN_OR_RETURN(auto data, repo_->chunks()->GetCached(id, base->LeafSize(index)));
     size_t valid = static_cast<size_t>(std::min<uint64_t>(data->size(), inode.base_limit - start));
     out->assign(*data, 0, valid);
     out->resize(chunk_size_, '\0');
@@ -603,17 +618,60 @@ Status CloneFs::ReadChunk(const Inode& inode, uint64_t index, std::string* out) 
   return Status::OK();
 }
 
+Status CloneFs::ReadChunk(const Inode& inode, uint64_t index, std::string* out) {
+  if (inode.has_overrides()) {
+    std::string value;
+    Status s = repo_->kv()->Get(Cf::kOverlay, ChunkKey(inode.ino, index), &value);
+    if (s.ok()) {
+      ChunkId id;
+      return DecodeOverride(value, &id, out);
+    }
+    if (!s.IsNotFound()) return s;
+  }
+  TreeReader base(repo_->chunks(), inode.base, chunk_size_);
+  return ReadBaseChunk(inode, &base, index, out);
+}
+
 Status CloneFs::Read(CloneIno ino, uint64_t offset, size_t len, std::string* out) {
   ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
   if (inode.type == EntryType::kDirectory) return Status::IsADirectory("cannot read a directory");
   if (offset >= inode.size) return Status::OK();
   uint64_t end = std::min<uint64_t>(inode.size, offset + len);
+  uint64_t first = offset / chunk_size_;
+  uint64_t last = (end - 1) / chunk_size_;
+  TreeReader base(repo_->chunks(), inode.base, chunk_size_);
+  // Overrides of a file are adjacent keys: one iterator walks those of the whole range, reading
+  // the store sequentially, instead of one lookup per chunk.
+  std::unique_ptr<KvIterator> it;
+  std::string prefix;
+  if (inode.has_overrides() && last > first) {
+    prefix = ChunkPrefix(ino);
+    it = repo_->kv()->NewIterator(Cf::kOverlay);
+    it->Seek(ChunkKey(ino, first));
+  }
   std::string chunk;
   while (offset < end) {
     uint64_t index = offset / chunk_size_;
     size_t in_chunk = offset % chunk_size_;
     size_t n = static_cast<size_t>(std::min<uint64_t>(end - offset, chunk_size_ - in_chunk));
-    RETURN_IF_ERROR(ReadChunk(inode, index, &chunk));
+    if (it) {
+      while (it->Valid() && it->key().substr(0, prefix.size()) == prefix &&
+             GetBig64(it->key().substr(prefix.size())) < index) {
+        it->Next();
+      }
+      RETURN_IF_ERROR(it->status());
+      if (it->Valid() && it->key().substr(0, prefix.size()) == prefix &&
+          GetBig64(it->key().substr(prefix.size())) == index) {
+        ChunkId id;
+        RETURN_IF_ERROR(DecodeOverride(it->value(), &id, &chunk));
+      } else {
+        RETURN_IF_ERROR(ReadBaseChunk(inode, &base, index, &chunk));
+      }
+    } else if (inode.has_overrides()) {
+      RETURN_IF_ERROR(ReadChunk(inode, index, &chunk));
+    } else {
+      RETURN_IF_ERROR(ReadBaseChunk(inode, &base, index, &chunk));
+    }
     out->append(chunk, in_chunk, n);
     offset += n;
   }
@@ -624,39 +682,40 @@ Status CloneFs::Write(CloneIno ino, uint64_t offset, std::string_view data) {
   std::lock_guard<std::mutex> lock(InodeLock(ino));
   ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
   if (inode.type != EntryType::kFile) return Status::IsADirectory("not a regular file");
-  ChunkWriter writer(repo_->chunks());
-  KvBatch batch;
-  std::string chunk;
+  // Whole chunks are taken as they are; partly written ones are read, patched and written whole.
+  std::vector<std::string_view> chunks;
+  std::vector<uint64_t> indexes;
+  std::vector<std::string> patched;
+  patched.reserve(2);  // only the first and the last chunk of a write can be partial
   uint64_t pos = offset;
   std::string_view rest = data;
-  std::vector<std::string_view> full;
-  std::vector<uint64_t> full_index;
-  std::vector<std::string> patched;  // keeps patched chunks alive until AddMany
-  std::vector<uint64_t> patched_index;
   while (!rest.empty()) {
     uint64_t index = pos / chunk_size_;
     size_t in_chunk = pos % chunk_size_;
     size_t n = std::min(rest.size(), chunk_size_ - in_chunk);
     if (n == chunk_size_) {
-      full.push_back(rest.substr(0, n));
-      full_index.push_back(index);
+      chunks.push_back(rest.substr(0, n));
     } else {
+      std::string chunk;
       RETURN_IF_ERROR(ReadChunk(inode, index, &chunk));
       chunk.replace(in_chunk, n, rest.data(), n);
-      patched.push_back(chunk);
-      patched_index.push_back(index);
+      patched.push_back(std::move(chunk));
+      chunks.push_back(patched.back());
     }
+    indexes.push_back(index);
     rest.remove_prefix(n);
     pos += n;
   }
-  for (size_t i = 0; i < patched.size(); ++i) {
-    full.push_back(patched[i]);
-    full_index.push_back(patched_index[i]);
-  }
-  std::vector<ChunkId> ids;
-  RETURN_IF_ERROR(writer.AddMany(full, &ids));
-  for (size_t i = 0; i < ids.size(); ++i) {
-    batch.Put(Cf::kOverlay, ChunkKey(inode.ino, full_index[i]), ids[i].AsKey());
+  // Written chunks live in the overlay under the file's own keys (not content-addressed): they
+  // are read back in file order, and an overwrite replaces the old bytes instead of leaving a
+  // garbage chunk behind. Seal() moves them into the chunk store.
+  std::vector<std::string> values(chunks.size());
+  repo_->chunks()->ParallelFor(chunks.size(), [&](size_t i) {
+    values[i] = EncodeOverride(ComputeChunkId(chunks[i]), chunks[i]);
+  });
+  KvBatch batch;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    batch.Put(Cf::kOverlay, ChunkKey(inode.ino, indexes[i]), values[i]);
   }
   inode.flags |= kFlagOverrides;
   inode.size = std::max<uint64_t>(inode.size, offset + data.size());
@@ -664,7 +723,6 @@ Status CloneFs::Write(CloneIno ino, uint64_t offset, std::string_view data) {
   inode.mtime_sec = inode.ctime_sec = sec;
   inode.mtime_nsec = inode.ctime_nsec = nsec;
   PutInode(inode, &batch);
-  RETURN_IF_ERROR(writer.Flush(false));
   return repo_->kv()->Write(batch, false);
 }
 
@@ -686,10 +744,8 @@ Status CloneFs::Truncate(Inode* inode, uint64_t size, KvBatch* batch) {
       std::string chunk;
       RETURN_IF_ERROR(ReadChunk(*inode, last, &chunk));
       std::fill(chunk.begin() + static_cast<long>(size % chunk_size_), chunk.end(), '\0');
-      ChunkWriter writer(repo_->chunks());
-      ASSIGN_OR_RETURN(ChunkId id, writer.Add(chunk));
-      RETURN_IF_ERROR(writer.Flush(false));
-      batch->Put(Cf::kOverlay, ChunkKey(inode->ino, last), id.AsKey());
+      batch->Put(Cf::kOverlay, ChunkKey(inode->ino, last),
+                 EncodeOverride(ComputeChunkId(chunk), chunk));
       inode->flags |= kFlagOverrides;
     }
     inode->base_limit = std::min(inode->base_limit, size);
@@ -703,7 +759,7 @@ Result<CloneAttr> CloneFs::SetAttr(CloneIno ino, const CloneSetAttr& set) {
   ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
   KvBatch batch;
   auto [sec, nsec] = Now();
-  if (set.size) {
+  if (set.size && !(set.grow_only && *set.size <= inode.size)) {
     if (inode.type != EntryType::kFile) return Status::IsADirectory("not a regular file");
     RETURN_IF_ERROR(Truncate(&inode, *set.size, &batch));
     inode.mtime_sec = sec;
@@ -738,20 +794,29 @@ Result<FileData> CloneFs::SealFile(const Inode& file, ChunkWriter* writer) {
     size_t len = static_cast<size_t>(std::min<uint64_t>(chunk_size_, file.size - i * chunk_size_));
     // Next override at or after leaf i (the iterator walks them in index order).
     std::optional<ChunkId> override_id;
+    std::string_view override_value;
     while (it->Valid() && it->key().substr(0, prefix.size()) == prefix) {
       uint64_t index = GetBig64(it->key().substr(prefix.size()));
       if (index < i) {
         it->Next();
         continue;
       }
-      if (index == i) override_id = ChunkId::FromKey(it->value());
+      if (index == i) {
+        override_value = it->value();
+        if (override_value.size() < 16) return Status::Corruption("bad chunk override");
+        override_id = ChunkId::FromKey(override_value.substr(0, 16));
+      }
       break;
     }
     RETURN_IF_ERROR(it->status());
     uint64_t start = i * chunk_size_;
     ChunkId id;
     if (override_id && len == chunk_size_) {
+      // An inline override becomes a stored chunk (unless one with its bytes exists already).
       id = *override_id;
+      if (override_value.size() > 16) {
+        RETURN_IF_ERROR(writer->AddEncoded(id, chunk_size_, override_value.substr(16)));
+      }
     } else if (!override_id && start + len <= file.base_limit && i < base.leaf_count() &&
                base.LeafSize(i) == len) {
       ASSIGN_OR_RETURN(id, base.Leaf(i));

@@ -51,6 +51,7 @@ struct CloneSetAttr {
   std::optional<uint32_t> mode;
   std::optional<uint64_t> size;
   std::optional<std::pair<int64_t, uint32_t>> mtime;  // seconds, nanoseconds
+  bool grow_only = false;  // `size` only extends the file (fallocate); a smaller one is ignored
 };
 
 // One open clone. Thread-safe.
@@ -121,6 +122,10 @@ class CloneFs {
   Result<CloneAttr> MakeNode(CloneIno parent, const std::string& name, EntryType type,
                              uint32_t mode, const std::string& link);
   Status DeleteInodeData(const Inode& inode, KvBatch* batch);
+  // Override values: docs/FORMAT.md, "clones".
+  std::string EncodeOverride(const ChunkId& id, std::string_view raw) const;
+  Status DecodeOverride(std::string_view value, ChunkId* id, std::string* out);  // checks the hash
+  Status ReadBaseChunk(const Inode& inode, TreeReader* base, uint64_t index, std::string* out);
   Status ReadChunk(const Inode& inode, uint64_t index, std::string* out);  // full chunk_size
   Status Truncate(Inode* inode, uint64_t size, KvBatch* batch);
   Result<bool> DirIsEmpty(CloneIno dir);

@@ -62,30 +62,48 @@ std::string QuoteConf(const std::string& value) {
 
 struct PrepareOptions {
   int port = 0;
-  std::vector<std::pair<std::string, std::string>> settings;  // extra recovery settings
+  // Recovery settings for a clone of a base backup (one with a backup_label).
+  std::vector<std::pair<std::string, std::string>> recovery;
 };
 
-// Makes the clone startable: no stale pid files, recovery.signal, and settings appended to
-// postgresql.auto.conf (which postgres reads last, so they win).
+constexpr std::string_view kConfMarker = "# Added by pgbackfs clone create.";
+
+// Makes the clone startable: no stale pid files, and settings appended to postgresql.auto.conf
+// (which postgres reads last, so they win), replacing what an earlier `clone create` appended
+// (a clone of a sealed clone). A base backup (it has a backup_label) gets recovery.signal and the
+// recovery settings: postgres restores the WAL it needs from the archive up to the first
+// consistent point and promotes. Anything else (a sealed clone: a stopped or crashed cluster)
+// starts as it is, with crash recovery from its own pg_wal if it needs any: asking it for a
+// recovery target would fail ("recovery ended before configured recovery target was reached")
+// when there is nothing to redo.
 Status PrepareForStart(CloneFs* fs, const PrepareOptions& options) {
   RETURN_IF_ERROR(fs->RemovePath("postmaster.pid"));
   RETURN_IF_ERROR(fs->RemovePath("postmaster.opts"));
-  RETURN_IF_ERROR(fs->WriteWholeFile("recovery.signal", ""));
+  auto label = fs->LookupPath("backup_label");
+  if (!label.ok() && !label.status().IsNotFound()) return label.status();
+  bool from_backup = label.ok();
+  if (from_backup) RETURN_IF_ERROR(fs->WriteWholeFile("recovery.signal", ""));
   std::string conf;
   auto attr = fs->LookupPath("postgresql.auto.conf");
   if (attr.ok()) {
     RETURN_IF_ERROR(fs->Read(attr->ino, 0, attr->size, &conf));
+    size_t earlier = conf.find(kConfMarker);
+    if (earlier != std::string::npos && (earlier == 0 || conf[earlier - 1] == '\n')) {
+      conf.resize(earlier);
+    }
     if (!conf.empty() && conf.back() != '\n') conf += "\n";
   } else if (!attr.status().IsNotFound()) {
     return attr.status();
   }
-  conf += "# Added by pgbackfs clone create. The clone lives at MOUNT/clones/NAME, so the\n";
+  conf += std::string(kConfMarker) + " The clone lives at MOUNT/clones/NAME, so the\n";
   conf += "# archive is ../../wal from the data directory (postgres runs restore_command there).\n";
   conf += "port = " + std::to_string(options.port) + "\n";
   conf += "restore_command = " + QuoteConf("cp ../../wal/%f \"%p\"") + "\n";
   conf += "recovery_init_sync_method = 'syncfs'\n";
   conf += "archive_mode = 'off'\n";
-  for (const auto& [k, v] : options.settings) conf += k + " = " + QuoteConf(v) + "\n";
+  if (from_backup) {
+    for (const auto& [k, v] : options.recovery) conf += k + " = " + QuoteConf(v) + "\n";
+  }
   RETURN_IF_ERROR(fs->WriteWholeFile("postgresql.auto.conf", conf));
   return fs->Fsync();
 }
@@ -163,7 +181,7 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
       if (!port.ok()) return ctx->Fail(port.status());
       options.port = *port;
     }
-    options.settings = {{"recovery_target", "immediate"}, {"recovery_target_action", "promote"}};
+    options.recovery = recovery;
     auto info = CloneFs::Create(repo, c->name, *snap);
     if (!info.ok()) return ctx->Fail(info.status());
     auto fs = CloneFs::Open(repo, c->name);

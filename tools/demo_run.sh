@@ -7,6 +7,7 @@ PGBACKFS=$(readlink -f "${1:?usage: $0 PATH_TO_PGBACKFS}")
 PGBIN=/usr/lib/postgresql/15/bin
 W=$(mktemp -d /tmp/pgbackfs-demo.XXXXXX)
 chmod 755 "$W"
+chown postgres:postgres "$W"  # the servers write their logs here
 REPO=$W/repo MNT=$W/mnt SRC=$W/src
 CLEAN=()
 cleanup() {

@@ -229,14 +229,22 @@ TEST_F(FilesystemTest, SnapshotsAreReadOnly) {
   EXPECT_EQ(fs_->Create(snap, "new", O_WRONLY, &e, &out), EROFS);
   EXPECT_EQ(fs_->Create(InodeTable::kBackupsIno, "new", O_WRONLY, &e, &out), EROFS);
   EXPECT_EQ(fs_->Create(InodeTable::kRootIno, "new", O_WRONLY, &e, &out), EROFS);
-  EXPECT_EQ(fs_->Create(InodeTable::kClonesIno, "new", O_WRONLY, &e, &out), EROFS);
+  EXPECT_EQ(fs_->Create(InodeTable::kClonesIno, "new", O_WRONLY, &e, &out), EPERM);
   EXPECT_EQ(fs_->DenyChange(snap), EROFS);
   EXPECT_EQ(fs_->DenyChange(InodeTable::kRootIno), EROFS);
-  EXPECT_EQ(fs_->DenyRename(snap, InodeTable::kWalIno), EROFS);
+  EXPECT_EQ(fs_->Rename(snap, "PG_VERSION", InodeTable::kWalIno, "x", 0), EROFS);
+  EXPECT_EQ(fs_->Mkdir(snap, "d", 0700, &e), EROFS);
+  EXPECT_EQ(fs_->Unlink(snap, "PG_VERSION"), EROFS);
+  EXPECT_EQ(fs_->Fallocate(file, 0, 0, 1), EROFS);
+  EXPECT_EQ(fs_->Fsync(file), 0);
   struct stat st;
   double timeout;
-  EXPECT_EQ(fs_->SetAttr(file, true, 0, 0, &st, &timeout), EROFS);
-  EXPECT_EQ(fs_->SetAttr(snap, false, 0, 0, &st, &timeout), EROFS);
+  AttrChange truncate;
+  truncate.size = 0;
+  EXPECT_EQ(fs_->SetAttr(file, truncate, &st, &timeout), EROFS);
+  AttrChange chmod;
+  chmod.mode = 0755;
+  EXPECT_EQ(fs_->SetAttr(snap, chmod, &st, &timeout), EROFS);
   EXPECT_EQ(fs_->Open(snap, O_RDONLY, &out), EISDIR);
   EXPECT_EQ(fs_->open_handles(), 0u);
 }
@@ -346,7 +354,10 @@ TEST_F(FilesystemTest, ArchiveAWalSegmentAndReadItBack) {
   EXPECT_EQ(fs_->Lookup(InodeTable::kWalIno, name, &e), ENOENT);
   EXPECT_EQ(List(InodeTable::kWalIno), (std::vector<std::string>{".", ".."}));
   // ftruncate on the open file.
-  ASSERT_EQ(fs_->SetAttr(created.ino, true, 0, out.fh, &st, &timeout), 0);
+  AttrChange truncate;
+  truncate.size = 0;
+  truncate.fh = out.fh;
+  ASSERT_EQ(fs_->SetAttr(created.ino, truncate, &st, &timeout), 0);
   EXPECT_EQ(st.st_size, 0);
   ASSERT_EQ(fs_->Write(out.fh, 0, seg), 0);
   ASSERT_EQ(fs_->Flush(out.fh), 0);
@@ -393,10 +404,13 @@ TEST_F(FilesystemTest, WalDuplicatesBadNamesAndSizes) {
   EXPECT_EQ(fs_->Open(ino, O_WRONLY | O_APPEND, &out), EPERM);
   struct stat st;
   double timeout;
-  EXPECT_EQ(fs_->SetAttr(ino, true, 0, 0, &st, &timeout), EPERM);
+  AttrChange truncate;
+  truncate.size = 0;
+  EXPECT_EQ(fs_->SetAttr(ino, truncate, &st, &timeout), EPERM);
   // The archive is append-only.
   EXPECT_EQ(fs_->DenyChange(InodeTable::kWalIno), EPERM);
-  EXPECT_EQ(fs_->DenyRename(InodeTable::kWalIno, InodeTable::kWalIno), EPERM);
+  EXPECT_EQ(fs_->Rename(InodeTable::kWalIno, name, InodeTable::kWalIno, "x", 0), EPERM);
+  EXPECT_EQ(fs_->Unlink(InodeTable::kWalIno, name), EPERM);
   EXPECT_EQ(fs_->open_handles(), 0u);
 }
 
