@@ -578,6 +578,15 @@ void Filesystem::Release(uint64_t fh) {
     if (it == handles_.end()) return;
     h = std::move(it->second);
     handles_.erase(it);
+  }
+  if (auto c = std::dynamic_pointer_cast<CloneFileHandle>(h)) {
+    // The last close of a removed file deletes its content.
+    Status s = c->node->clone->CloseFile(c->node->clone_ino);
+    if (!s.ok()) spdlog::warn("release of {}: {}", Describe(*c->node), s.ToString());
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(handles_mu_);
     auto w = std::dynamic_pointer_cast<WriteHandle>(h);
     if (!w) return;
     auto range = writers_.equal_range(w->node->ino);

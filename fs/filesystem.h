@@ -49,9 +49,15 @@ struct FsOptions {
   // clones/<name> itself gets no entry caching: a clone can be dropped and made again any time.
   double clone_timeout = 1;
   // Keep a clone file's page cache between opens. Correct because every write to a clone file
-  // goes through this mount's page cache (write-through), and the daemon writes clone files
-  // directly only while setting up a new clone, before the kernel has seen any of its inodes.
+  // goes through this mount's page cache, and the daemon writes clone files directly only while
+  // setting up a new clone, before the kernel has seen any of its inodes.
   bool clone_keep_cache = true;
+  // FUSE writeback cache: clone writes are buffered in the kernel and written back in batches
+  // (on fsync, close, or the kernel's writeback). What postgres fsyncs is durable when fsync
+  // returns, as on any file system; what it did not fsync may be lost if the daemon dies, as in
+  // a machine crash. Whoever reads clone files in the daemon (seal) first calls syncfs() on the
+  // mount. WAL files being archived are direct_io and never buffered.
+  bool writeback_cache = true;
 };
 
 // What setattr asks for; unset fields stay as they are.
@@ -146,6 +152,7 @@ class Filesystem {
   int Fallocate(uint64_t ino, int mode, uint64_t offset, uint64_t length);
   int StatFs(struct statvfs* st);
 
+  const FsOptions& options() const { return options_; }
   InodeTable* inodes() { return &inodes_; }
   DirCache* dir_cache() { return &dir_cache_; }
   size_t open_handles() const;

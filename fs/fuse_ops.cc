@@ -14,6 +14,7 @@ namespace {
 constexpr unsigned kMaxRequest = 1 << 20;  // libfuse derives max_pages (256) from max_write
 
 Filesystem* Fs(fuse_req_t req) { return static_cast<Filesystem*>(fuse_req_userdata(req)); }
+Filesystem* Fs(void* userdata) { return static_cast<Filesystem*>(userdata); }
 
 void Want(fuse_conn_info* conn, unsigned cap) {
   if (conn->capable & cap) conn->want |= cap;
@@ -47,11 +48,18 @@ void Init(void* userdata, fuse_conn_info* conn) {
   conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
   Want(conn, FUSE_CAP_PARALLEL_DIROPS);
   Want(conn, FUSE_CAP_CACHE_SYMLINKS);
-  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;  // a write must reach the WalWriter before flush
-  // Every change to a file's content reaches it through this mount's page cache (clone writes
-  // are write-through; snapshots and archived WAL never change), so the page cache is never stale.
-  // With auto_inval_data the kernel would drop a clone file's whole cache each time it sees the
-  // mtime that the file's own writes moved: a scan that sets hint bits would re-read everything.
+  // Clone files: writes land in the page cache and reach the clone in large batches, on fsync,
+  // close or the kernel's own writeback (fs/README.md, "Clones"). WAL files being archived are
+  // direct_io, so their writes still reach the WalWriter before flush (invariant 1).
+  if (Fs(userdata)->options().writeback_cache) {
+    Want(conn, FUSE_CAP_WRITEBACK_CACHE);
+  } else {
+    conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  }
+  // Every change to a file's content reaches it through this mount's page cache (snapshots and
+  // archived WAL never change), so the page cache is never stale. With auto_inval_data the kernel
+  // would drop a clone file's whole cache each time it sees the mtime that the file's own writes
+  // moved: a scan that sets hint bits would re-read everything.
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 

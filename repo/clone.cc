@@ -270,6 +270,7 @@ Result<std::shared_ptr<CloneFs>> CloneFs::Open(Repository* repo, const std::stri
   RETURN_IF_ERROR(repo->kv()->Get(Cf::kOverlay, key, &value).WithContext("clone inode counter"));
   Decoder d(value);
   if (!d.GetFixed64(&fs->next_ino_)) return Status::Corruption("bad clone inode counter");
+  RETURN_IF_ERROR(fs->PurgeOrphans().WithContext("clone '" + name + "': removing orphans"));
   slot = fs;
   return fs;
 }
@@ -379,7 +380,10 @@ Result<std::optional<CloneIno>> CloneFs::FindEntry(CloneIno dir, const std::stri
 
 Result<CloneAttr> CloneFs::GetAttr(CloneIno ino) {
   ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
-  return inode.Attr();
+  CloneAttr attr = inode.Attr();
+  std::lock_guard<std::mutex> lock(open_mu_);
+  if (orphans_.count(ino)) attr.nlink = 0;
+  return attr;
 }
 
 Result<CloneAttr> CloneFs::Lookup(CloneIno parent, const std::string& name) {
@@ -475,6 +479,77 @@ Status CloneFs::DeleteInodeData(const Inode& inode, KvBatch* batch) {
   return Status::OK();
 }
 
+std::string CloneFs::OrphanPrefix() const {
+  std::string k = "c";
+  PutBig64(&k, info_.id);
+  k.push_back('O');
+  return k;
+}
+std::string CloneFs::OrphanKey(CloneIno ino) const {
+  std::string k = OrphanPrefix();
+  PutBig64(&k, ino);
+  return k;
+}
+
+Status CloneFs::RemoveFile(const Inode& inode, KvBatch* batch) {
+  {
+    std::lock_guard<std::mutex> lock(open_mu_);
+    auto it = open_counts_.find(inode.ino);
+    if (it != open_counts_.end() && it->second > 0) {
+      orphans_.insert(inode.ino);
+      batch->Put(Cf::kOverlay, OrphanKey(inode.ino), "");
+      return Status::OK();
+    }
+  }
+  return DeleteInodeData(inode, batch);
+}
+
+void CloneFs::OpenFile(CloneIno ino) {
+  std::lock_guard<std::mutex> lock(open_mu_);
+  ++open_counts_[ino];
+}
+
+Status CloneFs::CloseFile(CloneIno ino) {
+  {
+    std::lock_guard<std::mutex> lock(open_mu_);
+    auto it = open_counts_.find(ino);
+    if (it == open_counts_.end()) return Status::OK();
+    if (--it->second > 0) return Status::OK();
+    open_counts_.erase(it);
+    if (orphans_.erase(ino) == 0) return Status::OK();
+  }
+  // The last close of an orphan: nothing can reach it any more.
+  std::lock_guard<std::mutex> lock(InodeLock(ino));
+  if (dropped_) return Status::OK();
+  ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
+  KvBatch batch;
+  RETURN_IF_ERROR(DeleteInodeData(inode, &batch));
+  batch.Delete(Cf::kOverlay, OrphanKey(ino));
+  return repo_->kv()->Write(batch, false);
+}
+
+Status CloneFs::PurgeOrphans() {
+  std::string prefix = OrphanPrefix();
+  std::vector<CloneIno> found;
+  auto it = repo_->kv()->NewIterator(Cf::kOverlay);
+  for (it->Seek(prefix); it->Valid() && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
+    found.push_back(GetBig64(it->key().substr(prefix.size())));
+  }
+  RETURN_IF_ERROR(it->status());
+  for (CloneIno ino : found) {
+    KvBatch batch;
+    Result<Inode> inode = LoadInode(ino);
+    if (inode.ok()) {
+      RETURN_IF_ERROR(DeleteInodeData(*inode, &batch));
+    } else if (!inode.status().IsNotFound()) {
+      return inode.status();
+    }
+    batch.Delete(Cf::kOverlay, OrphanKey(ino));
+    RETURN_IF_ERROR(repo_->kv()->Write(batch, false));
+  }
+  return Status::OK();
+}
+
 Result<bool> CloneFs::DirIsEmpty(CloneIno dir_ino) {
   bool empty = true;
   RETURN_IF_ERROR(ReadDir(dir_ino, "", [&](const std::string&, CloneIno, EntryType) {
@@ -494,7 +569,7 @@ Status CloneFs::Unlink(CloneIno parent, const std::string& name) {
   std::lock_guard<std::mutex> lock(InodeLock(victim.ino));
   KvBatch batch;
   batch.Delete(Cf::kOverlay, DentryKey(dir.ino, name));
-  RETURN_IF_ERROR(DeleteInodeData(victim, &batch));
+  RETURN_IF_ERROR(RemoveFile(victim, &batch));
   auto [sec, nsec] = Now();
   dir.mtime_sec = dir.ctime_sec = sec;
   dir.mtime_nsec = dir.ctime_nsec = nsec;
@@ -555,7 +630,11 @@ Status CloneFs::Rename(CloneIno parent, const std::string& name, CloneIno new_pa
     } else if (src.type == EntryType::kDirectory) {
       return Status::NotADirectory("'" + new_name + "'");
     }
-    RETURN_IF_ERROR(DeleteInodeData(dst, &batch));
+    if (dst.type == EntryType::kDirectory) {
+      RETURN_IF_ERROR(DeleteInodeData(dst, &batch));
+    } else {
+      RETURN_IF_ERROR(RemoveFile(dst, &batch));
+    }
   }
   batch.Delete(Cf::kOverlay, DentryKey(src_dir.ino, name));
   std::string value;

@@ -15,6 +15,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "repo/repository.h"
@@ -84,10 +86,13 @@ class CloneFs {
   Result<CloneAttr> Mkdir(CloneIno parent, const std::string& name, uint32_t mode);
   Result<CloneAttr> Symlink(CloneIno parent, const std::string& name, const std::string& target);
   Result<std::string> Readlink(CloneIno ino);
+  // Removes a file or symlink. A file that is open (OpenFile) keeps its content and stays
+  // readable and writable through its inode until the last CloseFile, as POSIX has it: an
+  // orphan, recorded so that one left by a crash is deleted when the clone is next opened.
   Status Unlink(CloneIno parent, const std::string& name);
   Status Rmdir(CloneIno parent, const std::string& name);
   // Atomic rename; replaces an existing target (file over file, empty dir over dir) unless
-  // `noreplace`.
+  // `noreplace`. A replaced file that is open becomes an orphan, as with Unlink.
   Status Rename(CloneIno parent, const std::string& name, CloneIno new_parent,
                 const std::string& new_name, bool noreplace);
   Result<CloneAttr> SetAttr(CloneIno ino, const CloneSetAttr& set);
@@ -95,6 +100,10 @@ class CloneFs {
   Status Write(CloneIno ino, uint64_t offset, std::string_view data);
   // Makes every earlier change durable.
   Status Fsync();
+  // Counts the opens of a file (the mount calls them on open and release), so that removing an
+  // open file keeps its content until the last close.
+  void OpenFile(CloneIno ino);
+  Status CloseFile(CloneIno ino);
 
   // Turns the clone's current tree into a new snapshot, sharing every unchanged chunk.
   Result<SnapshotInfo> Seal(const std::string& label);
@@ -122,6 +131,11 @@ class CloneFs {
   Result<CloneAttr> MakeNode(CloneIno parent, const std::string& name, EntryType type,
                              uint32_t mode, const std::string& link);
   Status DeleteInodeData(const Inode& inode, KvBatch* batch);
+  // Deletes a file's inode and content, or makes it an orphan if it is open.
+  Status RemoveFile(const Inode& inode, KvBatch* batch);
+  std::string OrphanKey(CloneIno ino) const;
+  std::string OrphanPrefix() const;
+  Status PurgeOrphans();  // orphans a crash left behind: nobody has them open any more
   // Override values: docs/FORMAT.md, "clones".
   std::string EncodeOverride(const ChunkId& id, std::string_view raw) const;
   Status DecodeOverride(std::string_view value, ChunkId* id, std::string* out);  // checks the hash
@@ -142,6 +156,9 @@ class CloneFs {
   std::mutex ino_mu_;
   CloneIno next_ino_ = 0;
   std::mutex inode_locks_[kLockStripes];
+  std::mutex open_mu_;                             // a leaf lock: taken last
+  std::unordered_map<CloneIno, int> open_counts_;  // guarded by open_mu_
+  std::unordered_set<CloneIno> orphans_;           // guarded by open_mu_
   std::atomic<bool> dropped_{false};
 };
 

@@ -46,6 +46,9 @@ class RepoProvider {
   virtual Result<Repository*> Get(const std::string& repo_path) = 0;
   // True in the mount daemon: commands that must not run there (mount) check it.
   virtual bool in_daemon() const { return false; }
+  // In the mount daemon: writes back what the kernel buffers for the mount (its writeback cache
+  // of clone files), so that a clone read directly (seal) is complete. Elsewhere nothing.
+  virtual Status SyncMount() { return Status::OK(); }
 };
 
 // What command callbacks share.

@@ -278,6 +278,9 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
     if (!repo) return;
     auto fs = CloneFs::Open(repo, sa->name);
     if (!fs.ok()) return ctx->Fail(fs.status());
+    // Mounted: what the kernel still buffers of the clone's files must reach it first.
+    Status synced = ctx->repos->SyncMount();
+    if (!synced.ok()) return ctx->Fail(synced.WithContext("write back the mount's cache"));
     auto pid = RunningPostmaster(fs->get());
     if (!pid.ok()) return ctx->Fail(pid.status());
     if (*pid) {

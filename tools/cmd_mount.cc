@@ -49,16 +49,29 @@ bool SameFile(const std::string& a, const std::string& b) {
 // Hands forwarded commands the daemon's own repository.
 class DaemonRepoProvider : public RepoProvider {
  public:
-  explicit DaemonRepoProvider(Repository* repo) : repo_(repo) {}
+  DaemonRepoProvider(Repository* repo, std::string mountpoint)
+      : repo_(repo), mountpoint_(std::move(mountpoint)) {}
   Result<Repository*> Get(const std::string& repo_path) override {
     if (repo_path == repo_->path() || SameFile(repo_path, repo_->path())) return repo_;
     return Status::InvalidArgument("the mount daemon of '" + repo_->path() +
                                    "' cannot open another repository '" + repo_path + "'");
   }
   bool in_daemon() const override { return true; }
+  // syncfs() makes the kernel write back the mount's dirty pages through FUSE requests, which the
+  // loop's worker threads serve; this runs on the control socket's thread, never on one of them.
+  Status SyncMount() override {
+    int fd = open(mountpoint_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return Status::FromErrno(errno, "open '" + mountpoint_ + "'");
+    int rc = syncfs(fd);
+    int err = errno;
+    close(fd);
+    if (rc != 0) return Status::FromErrno(err, "syncfs '" + mountpoint_ + "'");
+    return Status::OK();
+  }
 
  private:
   Repository* repo_;
+  std::string mountpoint_;
 };
 
 // Lexically normalized absolute path: no ".", "..", empty parts or trailing slash.
@@ -190,7 +203,7 @@ int RunMountDaemon(const MountArgs& args, const MountOptions& base, int ready_fd
     return 1;
   }
   std::unique_ptr<Repository> repo = std::move(opened).value();
-  DaemonRepoProvider provider(repo.get());
+  DaemonRepoProvider provider(repo.get(), args.mountpoint);
   auto server =
       ControlServer::Start(ControlSocketPath(args.repo),
                            [&provider](const std::vector<std::string>& argv, CommandIo* cio) {

@@ -452,6 +452,38 @@ TEST_P(FsCloneTest, LookupCountsAndForget) {
   EXPECT_NE(LookupOk(root_, "base"), base);
 }
 
+TEST_P(FsCloneTest, RemovedWhileOpen) {
+  // POSIX: an unlinked (or renamed-over) file stays readable and writable through open handles
+  // until the last close. The kernel's writeback cache relies on it: it writes back dirty pages of
+  // a file after postgres unlinked it.
+  uint64_t a = MakeFile(root_, "a", "first");
+  uint64_t b = MakeFile(root_, "b", "second");
+  OpenOut fa, fb, fb2;
+  ASSERT_EQ(fs_->Open(a, O_RDWR, &fa), 0);
+  ASSERT_EQ(fs_->Open(b, O_RDWR, &fb), 0);
+  ASSERT_EQ(fs_->Open(b, O_RDONLY, &fb2), 0);
+  ASSERT_EQ(fs_->Unlink(root_, "a"), 0);
+  ASSERT_EQ(fs_->Rename(root_, "PG_VERSION", root_, "b", 0), 0);  // replaces b
+  EXPECT_EQ(LookupErr(root_, "a"), ENOENT);
+  ASSERT_EQ(fs_->Write(fa.fh, 5, "+more"), 0);
+  ASSERT_EQ(fs_->Write(fb.fh, 0, "SECOND"), 0);
+  std::string got;
+  ASSERT_EQ(fs_->Read(fa.fh, 0, 100, &got), 0);
+  EXPECT_EQ(got, "first+more");
+  EXPECT_EQ(Stat(a).st_nlink, 0u);
+  fs_->Release(fa.fh);
+  struct stat st;
+  double timeout;
+  EXPECT_EQ(fs_->GetAttr(a, &st, &timeout), ENOENT);  // gone with the last close
+  fs_->Release(fb.fh);
+  got.clear();
+  ASSERT_EQ(fs_->Read(fb2.fh, 0, 100, &got), 0);  // b is still open once
+  EXPECT_EQ(got, "SECOND");
+  fs_->Release(fb2.fh);
+  EXPECT_EQ(fs_->GetAttr(b, &st, &timeout), ENOENT);
+  EXPECT_EQ(ReadAll(LookupOk(root_, "b")), "15\n");
+}
+
 TEST_P(FsCloneTest, DroppedWhileOpen) {
   uint64_t file = LookupOk(root_, "PG_VERSION");
   OpenOut out;
