@@ -1,6 +1,7 @@
 #include "repo/chunk_store.h"
 
 #define XXH_INLINE_ALL
+#include <spdlog/spdlog.h>
 #include <xxhash.h>
 #include <zstd.h>
 
@@ -11,13 +12,17 @@
 #include <unordered_map>
 
 #include "repo/coding.h"
+#include "repo/zstd_dict.h"
 
 namespace pgbackfs {
 
 namespace {
 constexpr uint8_t kCodecRaw = 0;
 constexpr uint8_t kCodecZstd = 1;
+constexpr uint8_t kCodecZstdDict = 2;  // u32 LE dictionary id, then the frame
 constexpr int kCacheShards = 16;
+constexpr size_t kMaxCachedDictionaries = 8;
+constexpr size_t kMaxChunkBytes = 64u << 20;  // a frame claiming more is corrupt
 
 // One zstd context per thread: creating one per 8 KiB chunk costs more than compressing it.
 struct ZstdContexts {
@@ -190,9 +195,10 @@ class ChunkStore::Pool {
   bool stop_ = false;
 };
 
-ChunkStore::ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes)
+ChunkStore::ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries)
     : kv_(kv),
       zstd_level_(zstd_level),
+      train_dictionaries_(train_dictionaries),
       cache_(std::make_unique<ChunkCache>(cache_bytes)),
       pool_(std::make_unique<Pool>(
           std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1))) {}
@@ -203,22 +209,41 @@ void ChunkStore::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
   pool_->ParallelFor(n, fn);
 }
 
-std::string ChunkStore::Encode(std::string_view raw) const { return EncodeAt(raw, zstd_level_); }
-
-std::string ChunkStore::EncodeFast(std::string_view raw) const {
-  return EncodeAt(raw, std::min(zstd_level_, 1));
+std::string ChunkStore::Encode(std::string_view raw) const {
+  std::shared_ptr<const ZstdDictionary> dict = current_dict_.load(std::memory_order_acquire);
+  return EncodeAt(raw, zstd_level_, dict.get());
 }
 
-std::string ChunkStore::EncodeAt(std::string_view raw, int zstd_level) {
+std::string ChunkStore::EncodeFast(std::string_view raw) const {
+  return EncodeAt(raw, std::min(zstd_level_, 1), nullptr);
+}
+
+std::string ChunkStore::EncodeAt(std::string_view raw, int zstd_level, const ZstdDictionary* dict) {
   std::string out;
   if (zstd_level > 0) {
-    out.resize(1 + ZSTD_compressBound(raw.size()));
-    size_t n = ZSTD_compressCCtx(ThreadZstd().cctx, out.data() + 1, out.size() - 1, raw.data(),
-                                 raw.size(), zstd_level);
-    if (!ZSTD_isError(n) && n < raw.size()) {
-      out[0] = static_cast<char>(kCodecZstd);
-      out.resize(1 + n);
-      return out;
+    if (dict && dict->cdict()) {
+      constexpr size_t kHeader = 5;  // codec, dictionary id
+      out.resize(kHeader + ZSTD_compressBound(raw.size()));
+      size_t n =
+          ZSTD_compress_usingCDict(ThreadZstd().cctx, out.data() + kHeader, out.size() - kHeader,
+                                   raw.data(), raw.size(), dict->cdict());
+      if (!ZSTD_isError(n) && kHeader + n < 1 + raw.size()) {
+        out.resize(kHeader + n);
+        std::string header;
+        header.push_back(static_cast<char>(kCodecZstdDict));
+        PutFixed32(&header, dict->id());
+        out.replace(0, kHeader, header);
+        return out;
+      }
+    } else {
+      out.resize(1 + ZSTD_compressBound(raw.size()));
+      size_t n = ZSTD_compressCCtx(ThreadZstd().cctx, out.data() + 1, out.size() - 1, raw.data(),
+                                   raw.size(), zstd_level);
+      if (!ZSTD_isError(n) && n < raw.size()) {
+        out[0] = static_cast<char>(kCodecZstd);
+        out.resize(1 + n);
+        return out;
+      }
     }
   }
   out.clear();
@@ -233,14 +258,32 @@ Status ChunkStore::DecodeAndVerify(const ChunkId& id, std::string_view stored, s
   std::string_view payload = stored.substr(1);
   if (codec == kCodecRaw) {
     out->assign(payload);
-  } else if (codec == kCodecZstd) {
+  } else if (codec == kCodecZstd || codec == kCodecZstdDict) {
+    std::shared_ptr<const ZstdDictionary> dict;
+    if (codec == kCodecZstdDict) {
+      Decoder d(payload);
+      uint32_t dict_id;
+      if (!d.GetFixed32(&dict_id)) {
+        return Status::Corruption("chunk " + id.Hex() + " is truncated");
+      }
+      payload = payload.substr(4);
+      Result<std::shared_ptr<const ZstdDictionary>> r = GetDictionary(dict_id);
+      if (!r.ok()) {
+        Status s = r.status();
+        return (s.IsNotFound() ? Status::Corruption(s.message()) : s)
+            .WithContext("chunk " + id.Hex() + " uses zstd dictionary " + std::to_string(dict_id));
+      }
+      dict = std::move(r).value();
+    }
     unsigned long long n = ZSTD_getFrameContentSize(payload.data(), payload.size());
-    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN || n > (64u << 20)) {
+    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN || n > kMaxChunkBytes) {
       return Status::Corruption("chunk " + id.Hex() + " has a bad zstd frame");
     }
     out->resize(n);
-    size_t got =
-        ZSTD_decompressDCtx(ThreadZstd().dctx, out->data(), n, payload.data(), payload.size());
+    size_t got = dict ? ZSTD_decompress_usingDDict(ThreadZstd().dctx, out->data(), n,
+                                                   payload.data(), payload.size(), dict->ddict())
+                      : ZSTD_decompressDCtx(ThreadZstd().dctx, out->data(), n, payload.data(),
+                                            payload.size());
     if (ZSTD_isError(got) || got != n) {
       return Status::Corruption("chunk " + id.Hex() + " does not decompress");
     }
@@ -287,6 +330,179 @@ Result<bool> ChunkStore::Contains(const ChunkId& id) {
   return true;
 }
 
+// Dictionaries (docs/FORMAT.md, "chunks").
+
+uint32_t ChunkStore::current_dictionary_id() const {
+  std::shared_ptr<const ZstdDictionary> dict = current_dict_.load(std::memory_order_acquire);
+  return dict ? dict->id() : 0;
+}
+
+void ChunkStore::SetDictionaryOptions(const DictionaryOptions& options) {
+  std::lock_guard<std::mutex> lock(sample_mu_);
+  dict_options_ = options;
+  sample_.reset();
+  dict_loaded_.store(false);  // the next writer recomputes the schedule
+}
+
+void ChunkStore::CacheDictionary(std::shared_ptr<const ZstdDictionary> dict) {
+  std::lock_guard<std::mutex> lock(dicts_mu_);
+  for (auto& d : dicts_) {
+    if (d->id() == dict->id()) {
+      if (dict->cdict() && !d->cdict()) d = dict;
+      return;
+    }
+  }
+  if (dicts_.size() >= kMaxCachedDictionaries) {
+    uint32_t current = current_dictionary_id();
+    for (auto it = dicts_.begin(); it != dicts_.end(); ++it) {
+      if ((*it)->id() != current) {
+        dicts_.erase(it);
+        break;
+      }
+    }
+  }
+  dicts_.push_back(std::move(dict));
+}
+
+Result<std::shared_ptr<const ZstdDictionary>> ChunkStore::GetDictionary(uint32_t id) {
+  std::shared_ptr<const ZstdDictionary> current = current_dict_.load(std::memory_order_acquire);
+  if (current && current->id() == id) return current;
+  {
+    std::lock_guard<std::mutex> lock(dicts_mu_);
+    for (const auto& d : dicts_) {
+      if (d->id() == id) return d;
+    }
+  }
+  std::string content;
+  Status s = kv_->Get(Cf::kMeta, ZstdDictKey(id), &content);
+  if (s.IsNotFound()) {
+    return Status::NotFound("zstd dictionary " + std::to_string(id) + " is missing");
+  }
+  RETURN_IF_ERROR(s);
+  ASSIGN_OR_RETURN(std::shared_ptr<const ZstdDictionary> dict,
+                   ZstdDictionary::Create(id, std::move(content), 0));
+  CacheDictionary(dict);
+  return dict;
+}
+
+Status ChunkStore::LoadCurrentDictionaryLocked() {
+  uint32_t id = 0;
+  if (zstd_level_ > 0) {
+    std::string value;
+    Status s = kv_->Get(Cf::kMeta, kZstdDictCurrentKey, &value);
+    if (s.ok()) {
+      Decoder d(value);
+      if (value.size() != 4 || !d.GetFixed32(&id) || id == 0) {
+        return Status::Corruption("bad '" + std::string(kZstdDictCurrentKey) + "' record");
+      }
+    } else if (!s.IsNotFound()) {
+      return s;
+    }
+  }
+  if (id == 0) {
+    current_dict_.store(nullptr, std::memory_order_release);
+  } else if (id != current_dictionary_id()) {
+    std::string content;
+    Status s = kv_->Get(Cf::kMeta, ZstdDictKey(id), &content);
+    if (s.IsNotFound()) {
+      return Status::Corruption("the current zstd dictionary " + std::to_string(id) +
+                                " is missing");
+    }
+    RETURN_IF_ERROR(s);
+    ASSIGN_OR_RETURN(std::shared_ptr<const ZstdDictionary> dict,
+                     ZstdDictionary::Create(id, std::move(content), zstd_level_));
+    CacheDictionary(dict);
+    current_dict_.store(dict, std::memory_order_release);
+  }
+  const auto& after = dict_options_.train_after;
+  if (train_dictionaries_ && zstd_level_ > 0 && id < after.size()) {
+    next_training_at_ = std::max(after[id], new_bytes_seen_ + 1);
+    if (!sample_) {
+      sample_ =
+          std::make_unique<ChunkSample>(dict_options_.sample_chunks, dict_options_.sample_piece);
+    }
+    sampling_.store(true);
+  } else {
+    sample_.reset();
+    sampling_.store(false);
+  }
+  dict_loaded_.store(true, std::memory_order_release);
+  return Status::OK();
+}
+
+Status ChunkStore::PrepareDictionary() {
+  if (dict_loaded_.load(std::memory_order_acquire)) return Status::OK();
+  std::lock_guard<std::mutex> lock(sample_mu_);
+  if (dict_loaded_.load()) return Status::OK();
+  return LoadCurrentDictionaryLocked();
+}
+
+Status ChunkStore::SampleNewChunks(const std::vector<std::string_view>& chunks) {
+  if (chunks.empty() || !sampling_.load(std::memory_order_acquire)) return Status::OK();
+  std::string samples;
+  std::vector<size_t> sizes;
+  size_t capacity;
+  {
+    std::lock_guard<std::mutex> lock(sample_mu_);
+    if (!sample_) return Status::OK();
+    for (std::string_view c : chunks) {
+      sample_->Add(c);
+      new_bytes_seen_ += c.size();
+    }
+    if (training_ || new_bytes_seen_ < next_training_at_) return Status::OK();
+    training_ = true;  // the other writers go on without waiting
+    sample_->Concatenate(&samples, &sizes);
+    capacity = dict_options_.dictionary_bytes;
+  }
+  // Trains outside the lock: it takes a fraction of a second for an 8 MiB sample.
+  Result<std::string> content = TrainZstdDictionary(samples, sizes, capacity);
+  std::lock_guard<std::mutex> lock(sample_mu_);
+  training_ = false;
+  if (!content.ok()) {
+    // Too little or too uniform data: try again with twice as much seen, never per chunk.
+    spdlog::debug("{}; trying again later", content.status().message());
+    next_training_at_ = 2 * new_bytes_seen_;
+    return Status::OK();
+  }
+  // Re-check under the lock: a dictionary switched meanwhile (by another store on the same
+  // database) is adopted, not trained over.
+  uint32_t believed = current_dictionary_id();
+  dict_loaded_.store(false);
+  RETURN_IF_ERROR(LoadCurrentDictionaryLocked());
+  if (current_dictionary_id() != believed) return Status::OK();
+
+  uint32_t id = 1;
+  auto it = kv_->NewIterator(Cf::kMeta);
+  for (it->Seek(kZstdDictKeyPrefix);
+       it->Valid() && it->key().substr(0, kZstdDictKeyPrefix.size()) == kZstdDictKeyPrefix;
+       it->Next()) {
+    std::string_view key = it->key().substr(kZstdDictKeyPrefix.size());
+    if (key.size() != 4) continue;
+    uint32_t existing = 0;
+    for (char c : key) existing = (existing << 8) | static_cast<uint8_t>(c);
+    id = std::max(id, existing + 1);
+  }
+  RETURN_IF_ERROR(it->status());
+  // If what follows fails, the next attempt waits like after a failed training.
+  next_training_at_ = 2 * new_bytes_seen_;
+  ASSIGN_OR_RETURN(std::shared_ptr<const ZstdDictionary> dict,
+                   ZstdDictionary::Create(id, std::move(content).value(), zstd_level_));
+  // Synced before any chunk uses it, so a chunk is never durable without its dictionary.
+  KvBatch batch;
+  batch.Put(Cf::kMeta, ZstdDictKey(id), dict->content());
+  std::string current;
+  PutFixed32(&current, id);
+  batch.Put(Cf::kMeta, kZstdDictCurrentKey, current);
+  RETURN_IF_ERROR(kv_->Write(batch, /*sync=*/true));
+  spdlog::debug("trained zstd dictionary {} ({} bytes) on {} sample chunks", id,
+                dict->content().size(), sizes.size());
+  CacheDictionary(dict);
+  current_dict_.store(dict, std::memory_order_release);
+  // The next dictionary, if one is due, is trained on the same (still growing) sample.
+  dict_loaded_.store(false);
+  return LoadCurrentDictionaryLocked();
+}
+
 ChunkWriter::ChunkWriter(ChunkStore* store, size_t batch_bytes)
     : store_(store), batch_bytes_(batch_bytes) {}
 
@@ -294,6 +510,7 @@ Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
                             std::vector<ChunkId>* ids) {
   const size_t n = chunks.size();
   ids->assign(n, ChunkId());
+  RETURN_IF_ERROR(store_->PrepareDictionary());
   // Hash, look up and compress in parallel; only new chunks are compressed.
   std::vector<std::string> encoded(n);
   std::vector<Status> errors(n);
@@ -312,6 +529,7 @@ Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
       encoded[i] = store_->Encode(chunks[i]);
     }
   });
+  std::vector<std::string_view> stored;  // the new chunks, for the dictionary sample
   for (size_t i = 0; i < n; ++i) {
     RETURN_IF_ERROR(errors[i]);
     const ChunkId& id = (*ids)[i];
@@ -325,7 +543,9 @@ Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
     stats_.new_chunks++;
     stats_.new_stored_bytes += encoded[i].size() + id.bytes.size();
     batch_.Put(Cf::kChunks, id.AsKey(), encoded[i]);
+    stored.push_back(chunks[i]);
   }
+  RETURN_IF_ERROR(store_->SampleNewChunks(stored));
   if (batch_.ApproximateBytes() >= batch_bytes_) return Flush(false);
   return Status::OK();
 }

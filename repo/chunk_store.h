@@ -1,6 +1,8 @@
 // Content-addressed chunks. A chunk is addressed by the XXH3-128 hash of its raw bytes, stored
 // zstd-compressed once however often it occurs, and checked against its hash on every read.
 // The all-zero chunk of any length has the reserved id 0 and is never stored.
+// Chunks are compressed with a zstd dictionary once the store has trained one on a sample of the
+// chunks it stored (repo/zstd_dict.h).
 // Value layout: docs/FORMAT.md, "chunks".
 #pragma once
 
@@ -67,11 +69,26 @@ struct WriteStats {
 };
 
 class ChunkCache;
+class ChunkSample;
+class ZstdDictionary;
+
+// When and how the store trains zstd dictionaries. Tests shrink these.
+struct DictionaryOptions {
+  size_t dictionary_bytes = 112 << 10;  // capacity of a trained dictionary
+  size_t sample_chunks = 1024;          // the sample: at most this many chunks ...
+  size_t sample_piece = 8 << 10;        // ... of at most this many bytes each (so <= 8 MiB)
+  // Dictionary k+1 is trained once this process has stored train_after[k] bytes of new chunks
+  // (k = the id of the current dictionary, 0 for none); none is trained after the last. The
+  // sample is uniform over all new chunks seen, so a later dictionary fits the data better than
+  // one trained on whatever relation the first backup happened to start with.
+  std::vector<uint64_t> train_after = {8ull << 20, 64ull << 20, 512ull << 20};
+};
 
 class ChunkStore {
  public:
-  // `kv` must outlive the store.
-  ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes);
+  // `kv` must outlive the store. With `train_dictionaries` false (format-1 repositories) new
+  // chunks never use a dictionary; chunks that do are read either way.
+  ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries = true);
   ~ChunkStore();
   ChunkStore(const ChunkStore&) = delete;
   ChunkStore& operator=(const ChunkStore&) = delete;
@@ -84,13 +101,26 @@ class ChunkStore {
   // True if the chunk is stored (or is the zero chunk). Does not read or check the data.
   Result<bool> Contains(const ChunkId& id);
 
-  // Encodes raw chunk bytes for storage (compressed when that is smaller).
+  // Encodes raw chunk bytes for storage (compressed, with the current dictionary if there is
+  // one, when that is smaller).
   std::string Encode(std::string_view raw) const;
-  // Same, with the fastest zstd level (1) whatever the repository's: for bytes that are written
-  // often and may be overwritten soon (clone overrides), where compression time is latency.
+  // Same, with the fastest zstd level (1) whatever the repository's, and no dictionary: for
+  // bytes that are written often and may be overwritten soon (clone overrides), where
+  // compression time is latency.
   std::string EncodeFast(std::string_view raw) const;
-  // Decodes a stored value and checks it against `id`.
-  static Status DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out);
+  // Decodes a stored value and checks it against `id`. Corruption when it cannot be decoded
+  // (also when the dictionary it names is missing) or does not match.
+  Status DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out);
+
+  // For writers: loads the current dictionary (once), and adds new chunks about to be stored to
+  // the training sample, training a dictionary when one is due (a synced write of it, before
+  // any chunk uses it). Thread-safe; one training at a time.
+  Status PrepareDictionary();
+  Status SampleNewChunks(const std::vector<std::string_view>& chunks);
+  // The id of the dictionary new chunks use (0: none).
+  uint32_t current_dictionary_id() const;
+  // Before the first write.
+  void SetDictionaryOptions(const DictionaryOptions& options);
 
   // Runs fn(i) for i in [0, n) on the store's worker threads and the caller's, and waits.
   void ParallelFor(size_t n, const std::function<void(size_t)>& fn);
@@ -100,11 +130,32 @@ class ChunkStore {
 
  private:
   class Pool;
-  static std::string EncodeAt(std::string_view raw, int zstd_level);
+  // `dict` (may be null) must have been prepared at `zstd_level`.
+  static std::string EncodeAt(std::string_view raw, int zstd_level, const ZstdDictionary* dict);
+  // A dictionary by id: the current one, a cached one, or loaded from the meta column family.
+  Result<std::shared_ptr<const ZstdDictionary>> GetDictionary(uint32_t id);
+  void CacheDictionary(std::shared_ptr<const ZstdDictionary> dict);
+  Status LoadCurrentDictionaryLocked();  // sample_mu_ held
+
   KvStore* kv_;
   int zstd_level_;
+  const bool train_dictionaries_;
   std::unique_ptr<ChunkCache> cache_;
   std::unique_ptr<Pool> pool_;
+
+  std::atomic<std::shared_ptr<const ZstdDictionary>> current_dict_;
+  std::mutex dicts_mu_;
+  std::vector<std::shared_ptr<const ZstdDictionary>> dicts_;  // GUARDED_BY(dicts_mu_), bounded
+
+  std::atomic<bool> dict_loaded_{false};
+  std::atomic<bool> sampling_{false};  // false once no further dictionary is due
+  std::mutex sample_mu_;
+  // GUARDED_BY(sample_mu_):
+  DictionaryOptions dict_options_;
+  std::unique_ptr<ChunkSample> sample_;
+  uint64_t new_bytes_seen_ = 0;  // bytes of new chunks stored by this process
+  uint64_t next_training_at_ = 0;
+  bool training_ = false;
 };
 
 // Buffers new chunks into batches and writes them. One writer per producer (not thread-safe);

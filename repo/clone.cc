@@ -674,7 +674,7 @@ Status CloneFs::DecodeOverride(std::string_view value, ChunkId* id, std::string*
     if (s.IsNotFound()) return Status::Corruption(s.message());  // absence is damage here
     return s;
   }
-  RETURN_IF_ERROR(ChunkStore::DecodeAndVerify(*id, value.substr(16), out));
+  RETURN_IF_ERROR(repo_->chunks()->DecodeAndVerify(*id, value.substr(16), out));
   if (out->size() != chunk_size_) {
     return Status::Corruption("chunk override " + id->Hex() + " in clone '" + info_.name +
                               "' has " + std::to_string(out->size()) + " bytes");

@@ -190,8 +190,9 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path,
     kv_options.block_cache_bytes = options.block_cache_bytes;
     ASSIGN_OR_RETURN(repo->kv_, OpenRocksDbStore(path + kDbDir, kv_options));
   }
-  repo->chunks_ =
-      std::make_unique<ChunkStore>(repo->kv_.get(), config.zstd_level(), options.chunk_cache_bytes);
+  repo->chunks_ = std::make_unique<ChunkStore>(
+      repo->kv_.get(), config.zstd_level(), options.chunk_cache_bytes,
+      /*train_dictionaries=*/config.format_version >= kFirstFormatWithZstdDictionaries);
   repo->reader_ = SnapshotReader(repo->chunks_.get(), config.chunk_size);
   return repo;
 }

@@ -16,7 +16,10 @@
 
 namespace pgbackfs {
 
-constexpr int kFormatVersion = 1;
+// 2: chunks may be compressed with a zstd dictionary (docs/FORMAT.md, "chunks"). A format-1
+// repository is still read and written, without dictionaries, so older pgbackfs can read it.
+constexpr int kFormatVersion = 2;
+constexpr int kFirstFormatWithZstdDictionaries = 2;
 
 struct RepoConfig {
   int format_version = kFormatVersion;

@@ -38,8 +38,8 @@ class Verifier {
           errors[i] = "bad chunk key length";
           return;
         }
-        Status s =
-            ChunkStore::DecodeAndVerify(ChunkId::FromKey(batch[i].first), batch[i].second, &out);
+        Status s = repo_->chunks()->DecodeAndVerify(ChunkId::FromKey(batch[i].first),
+                                                    batch[i].second, &out);
         if (!s.ok()) errors[i] = s.message();
       });
       for (size_t i = 0; i < batch.size(); ++i) {

@@ -1,12 +1,96 @@
 #include "repo/chunk_store.h"
 
+#include <cstdio>
+#include <thread>
+
 #include "repo/chunk_tree.h"
+#include "repo/coding.h"
 #include "tests/unit/test_util.h"
 
 namespace pgbackfs {
 namespace {
 
 class ChunkStoreTest : public RepoTest {};
+
+// Something like a heap page: a header, then rows (a tuple header, an increasing key, a varying
+// number, and a text drawn from a few hundred values that recur across pages, not within one).
+std::string PageLike(uint32_t seed) {
+  static const std::vector<std::string> kTexts = [] {
+    std::mt19937 rng(42);
+    std::vector<std::string> texts;
+    for (int i = 0; i < 400; ++i) {
+      std::string t;
+      while (t.size() < 48) t += std::to_string(rng() % 1000) + " " + "abcdefghij"[rng() % 10];
+      texts.push_back("product '" + t + "'");
+    }
+    return texts;
+  }();
+  std::mt19937 rng(seed);
+  std::string page(24, '\0');
+  page[0] = static_cast<char>(seed);
+  page[8] = 0x10;
+  page[9] = static_cast<char>(0xd1);
+  for (uint32_t r = 0; page.size() < 8192 - 100; ++r) {
+    const char header[] = {static_cast<char>(rng()), 0, 2, 0, 0x18, 0, 0, 0};
+    page.append(header, sizeof(header));
+    page += std::to_string(seed * 60 + r) + "|" + std::to_string(rng() % 10000) + "|" +
+            kTexts[rng() % kTexts.size()] + "|";
+  }
+  page.resize(8192, '\0');
+  return page;
+}
+
+// Small enough to train in a test: a dictionary is due after 1 MiB of new chunks.
+DictionaryOptions SmallDictionaries(std::vector<uint64_t> train_after = {1 << 20}) {
+  DictionaryOptions o;
+  o.dictionary_bytes = 16 << 10;
+  o.sample_chunks = 256;
+  o.train_after = std::move(train_after);
+  return o;
+}
+
+std::vector<uint32_t> StoredDictionaries(KvStore* kv) {
+  std::vector<uint32_t> ids;
+  auto it = kv->NewIterator(Cf::kMeta);
+  const std::string prefix = "zstd_dict/";
+  for (it->Seek(prefix); it->Valid() && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
+    std::string_view k = it->key().substr(prefix.size());
+    uint32_t id = 0;
+    for (char c : k) id = (id << 8) | static_cast<uint8_t>(c);
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+uint8_t StoredCodec(KvStore* kv, const ChunkId& id) {
+  std::string value;
+  EXPECT_TRUE(kv->Get(Cf::kChunks, id.AsKey(), &value).ok());
+  return value.empty() ? 0xff : static_cast<uint8_t>(value[0]);
+}
+
+// Adds pages seed_begin..seed_end-1, one AddMany per 16 pages, as a backup would.
+std::vector<ChunkId> AddPages(ChunkWriter* writer, uint32_t seed_begin, uint32_t seed_end) {
+  std::vector<ChunkId> all;
+  for (uint32_t s = seed_begin; s < seed_end; s += 16) {
+    std::vector<std::string> pages;
+    for (uint32_t i = s; i < std::min(s + 16, seed_end); ++i) pages.push_back(PageLike(i));
+    std::vector<std::string_view> views(pages.begin(), pages.end());
+    std::vector<ChunkId> ids;
+    Status st = writer->AddMany(views, &ids);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    all.insert(all.end(), ids.begin(), ids.end());
+  }
+  return all;
+}
+
+void ExpectPagesReadBack(ChunkStore* store, const std::vector<ChunkId>& ids, uint32_t seed_begin) {
+  std::string out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    Status s = store->Get(ids[i], 8192, &out);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    ASSERT_EQ(out, PageLike(seed_begin + static_cast<uint32_t>(i)));
+  }
+}
 
 TEST_P(ChunkStoreTest, StoresOnceAndReadsBack) {
   ChunkStore* store = repo_->chunks();
@@ -100,6 +184,154 @@ TEST_P(ChunkStoreTest, SurvivesReopen) {
   std::string out;
   ASSERT_TRUE(repo_->chunks()->Get(id, a.size(), &out).ok());
   EXPECT_EQ(out, a);
+}
+
+TEST_P(ChunkStoreTest, ChunksBeforeAndAfterDictionariesReadBack) {
+  ChunkStore* store = repo_->chunks();
+  store->SetDictionaryOptions(SmallDictionaries({1 << 20, 2 << 20}));
+  ChunkWriter writer(store);
+  // 64 pages = 512 KiB: no dictionary yet.
+  std::vector<ChunkId> ids = AddPages(&writer, 0, 64);
+  EXPECT_EQ(store->current_dictionary_id(), 0u);
+  // Past 1 MiB the first dictionary is trained, past 2 MiB the second.
+  std::vector<ChunkId> more = AddPages(&writer, 64, 400);
+  ids.insert(ids.end(), more.begin(), more.end());
+  EXPECT_EQ(store->current_dictionary_id(), 2u);
+  EXPECT_EQ(StoredDictionaries(repo_->kv()), (std::vector<uint32_t>{1, 2}));
+  ASSERT_TRUE(writer.Flush(false).ok());
+  EXPECT_EQ(StoredCodec(repo_->kv(), ids.front()), 1);  // zstd without a dictionary
+  EXPECT_EQ(StoredCodec(repo_->kv(), ids.back()), 2);   // zstd with a dictionary
+  ExpectPagesReadBack(store, ids, 0);
+  // A store that has not loaded the dictionaries yet reads them on demand.
+  ChunkStore fresh(repo_->kv(), 3, 0);
+  ExpectPagesReadBack(&fresh, ids, 0);
+}
+
+TEST_P(ChunkStoreTest, DictionaryShrinksPageLikeChunks) {
+  ChunkStore* store = repo_->chunks();
+  store->SetDictionaryOptions(SmallDictionaries());
+  size_t without = 0;
+  for (uint32_t i = 10000; i < 10100; ++i) without += store->Encode(PageLike(i)).size();
+  ChunkWriter writer(store);
+  AddPages(&writer, 0, 160);
+  ASSERT_EQ(store->current_dictionary_id(), 1u);
+  size_t with = 0;
+  for (uint32_t i = 10000; i < 10100; ++i) with += store->Encode(PageLike(i)).size();
+  EXPECT_LT(with, without * 3 / 4) << "with " << with << ", without " << without;
+  // Incompressible chunks stay raw.
+  EXPECT_EQ(store->Encode(RandomBytes(8192, 9))[0], 0);
+}
+
+TEST_P(ChunkStoreTest, DictionaryIsTrainedOnceAcrossWriters) {
+  ChunkStore* store = repo_->chunks();
+  store->SetDictionaryOptions(SmallDictionaries());
+  // Two writers at once, each past the point where a dictionary is due.
+  std::vector<ChunkId> a, b;
+  ChunkWriter wa(store), wb(store);
+  std::thread ta([&] { a = AddPages(&wa, 0, 200); });
+  std::thread tb([&] { b = AddPages(&wb, 1000, 1200); });
+  ta.join();
+  tb.join();
+  EXPECT_EQ(store->current_dictionary_id(), 1u);
+  EXPECT_EQ(StoredDictionaries(repo_->kv()), (std::vector<uint32_t>{1}));
+  // And interleaved, after it: still one.
+  ChunkWriter wc(store), wd(store);
+  AddPages(&wc, 2000, 2100);
+  AddPages(&wd, 3000, 3100);
+  EXPECT_EQ(StoredDictionaries(repo_->kv()), (std::vector<uint32_t>{1}));
+  ASSERT_TRUE(wa.Flush(false).ok());
+  ASSERT_TRUE(wb.Flush(false).ok());
+  ExpectPagesReadBack(store, a, 0);
+  ExpectPagesReadBack(store, b, 1000);
+}
+
+TEST_P(ChunkStoreTest, DictionaryChunksSurviveReopen) {
+  if (GetParam()) GTEST_SKIP() << "the memory store does not persist";
+  repo_->chunks()->SetDictionaryOptions(SmallDictionaries());
+  std::vector<ChunkId> ids;
+  {
+    ChunkWriter writer(repo_->chunks());
+    ids = AddPages(&writer, 0, 200);
+    ASSERT_TRUE(writer.Flush(true).ok());
+  }
+  ASSERT_EQ(StoredCodec(repo_->kv(), ids.back()), 2);
+  Reopen();
+  ExpectPagesReadBack(repo_->chunks(), ids, 0);
+  // New chunks go on using the stored dictionary; none is trained again (the default schedule
+  // wants 64 MiB more for the next one).
+  ChunkWriter writer(repo_->chunks());
+  std::vector<ChunkId> more = AddPages(&writer, 500, 600);
+  ASSERT_TRUE(writer.Flush(true).ok());
+  EXPECT_EQ(repo_->chunks()->current_dictionary_id(), 1u);
+  EXPECT_EQ(StoredCodec(repo_->kv(), more.back()), 2);
+  EXPECT_EQ(StoredDictionaries(repo_->kv()), (std::vector<uint32_t>{1}));
+  ExpectPagesReadBack(repo_->chunks(), more, 500);
+}
+
+TEST_P(ChunkStoreTest, MissingOrDamagedDictionaryIsCorruption) {
+  ChunkStore* store = repo_->chunks();
+  store->SetDictionaryOptions(SmallDictionaries());
+  ChunkWriter writer(store);
+  std::vector<ChunkId> ids = AddPages(&writer, 0, 200);
+  ASSERT_TRUE(writer.Flush(false).ok());
+  const ChunkId& id = ids.back();
+  ASSERT_EQ(StoredCodec(repo_->kv(), id), 2);
+  std::string key = "zstd_dict/";
+  key.append("\0\0\0\1", 4);
+  std::string dictionary;
+  ASSERT_TRUE(repo_->kv()->Get(Cf::kMeta, key, &dictionary).ok());
+
+  // Damaged: other bytes of the same length. Decoding gives other bytes, or fails.
+  KvBatch batch;
+  batch.Put(Cf::kMeta, key, RandomBytes(dictionary.size(), 7));
+  ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
+  std::string out;
+  {
+    ChunkStore fresh(repo_->kv(), 3, 0);
+    Status s = fresh.Get(id, 8192, &out);
+    EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  }
+
+  // Missing.
+  batch.Clear();
+  batch.Delete(Cf::kMeta, key);
+  ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
+  ChunkStore fresh(repo_->kv(), 3, 0);
+  Status s = fresh.Get(id, 8192, &out);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find(id.Hex()), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("dictionary 1"), std::string::npos) << s.message();
+  // A writer refuses to go on with a current dictionary it cannot load.
+  ChunkWriter w(&fresh);
+  s = w.Add(PageLike(5000)).status();
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+}
+
+TEST_P(ChunkStoreTest, NoDictionaryWithoutCompressionOrInFormat1) {
+  for (auto [level, train] : {std::pair{0, true}, std::pair{3, false}}) {
+    ChunkStore store(repo_->kv(), level, 0, train);
+    store.SetDictionaryOptions(SmallDictionaries());
+    ChunkWriter writer(&store);
+    std::vector<ChunkId> ids = AddPages(&writer, level * 1000, level * 1000 + 200);
+    ASSERT_TRUE(writer.Flush(false).ok());
+    EXPECT_EQ(store.current_dictionary_id(), 0u);
+    EXPECT_TRUE(StoredDictionaries(repo_->kv()).empty());
+    EXPECT_EQ(StoredCodec(repo_->kv(), ids.back()), level == 0 ? 0 : 1);
+  }
+}
+
+TEST_P(ChunkStoreTest, FailedTrainingIsRetriedLater) {
+  ChunkStore* store = repo_->chunks();
+  // Due after 2 chunks: too few samples to train on.
+  DictionaryOptions o = SmallDictionaries({16 << 10});
+  store->SetDictionaryOptions(o);
+  ChunkWriter writer(store);
+  AddPages(&writer, 0, 2);
+  EXPECT_EQ(store->current_dictionary_id(), 0u);
+  // Retried with twice as much seen, and so on, until there is enough.
+  AddPages(&writer, 2, 300);
+  EXPECT_EQ(store->current_dictionary_id(), 1u);
+  EXPECT_EQ(StoredDictionaries(repo_->kv()), (std::vector<uint32_t>{1}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, ChunkStoreTest, ::testing::Bool(), StoreName);
