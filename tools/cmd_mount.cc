@@ -68,6 +68,7 @@ class DaemonRepoProvider : public RepoProvider {
     if (rc != 0) return Status::FromErrno(err, "syncfs '" + mountpoint_ + "'");
     return Status::OK();
   }
+  std::string mount_point() const override { return mountpoint_; }
 
  private:
   Repository* repo_;

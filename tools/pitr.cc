@@ -189,6 +189,8 @@ Result<PitrPlan> PlanPitr(Repository* repo, const PitrTarget& target) {
     plan.settings.push_back({"recovery_target", "immediate"});
     plan.settings.push_back({"recovery_target_action", target.action});
     plan.description = "the end of snapshot " + plan.snapshot.id + " (immediate)";
+    Result<uint64_t> end = ParseLsn(plan.snapshot.end_lsn);
+    plan.stop_lsn = end.ok() ? *end : 0;
     return plan;
   }
 
@@ -226,8 +228,18 @@ Result<PitrPlan> PlanPitr(Repository* repo, const PitrTarget& target) {
   plan.settings.push_back(
       {"recovery_target_timeline", tli ? std::to_string(*tli) : target.timeline});
   plan.settings.push_back({"recovery_target_action", target.action});
-  plan.description =
-      what + " on timeline " + std::to_string(chosen->timeline) + " from snapshot " + best->id;
+  plan.description = (target.exclusive ? "just before " : "") + what + " on timeline " +
+                     std::to_string(chosen->timeline) + " from snapshot " + best->id;
+  plan.stop_lsn = target_lsn;
+  plan.target_unix = target_unix;
+  if (target_unix >= 0) {
+    plan.stop_lsn = chosen->end_lsn;
+    Result<uint64_t> from = ParseLsn(best->end_lsn);
+    auto match = index.FindTime(chosen->timeline,
+                                UnixSecondsToTimestampTz(static_cast<int64_t>(target_unix)),
+                                from.ok() ? *from : 0);
+    if (match.ok() && match->at_or_after) plan.stop_lsn = match->at_or_after->lsn;
+  }
   return plan;
 }
 
