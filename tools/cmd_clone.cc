@@ -167,7 +167,9 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
                    "with --materialize: user postgres runs as (default: the mount's owner; "
                    "without a mount postgres)")
       ->needs(mat);
-  create->add_flag("--progress", c->mat.progress, "with --materialize: show the replay")
+  create
+      ->add_flag("--progress", c->mat.progress,
+                 "with --materialize: show the replay (default when stderr is a terminal)")
       ->needs(mat);
   create->callback([c, ctx] {
     if (c->from.empty() && c->time.empty() && c->lsn.empty() && c->xid.empty() &&
@@ -212,7 +214,9 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
     std::unique_ptr<Materializer> materializer;
     if (c->materialize) {
       // Everything the replay needs is checked before the clone exists.
-      auto m = Materializer::Prepare(repo, ctx->repos, ctx->io, *snap, c->mat);
+      MaterializeOptions mopts = c->mat;
+      mopts.progress = mopts.progress || ctx->io->err_is_tty;
+      auto m = Materializer::Prepare(repo, ctx->repos, ctx->io, *snap, mopts);
       if (!m.ok()) return ctx->Fail(m.status());
       materializer = std::move(m).value();
       Result<uint64_t> start = ParseLsn(snap->start_lsn);

@@ -748,6 +748,11 @@ Result<std::unique_ptr<Materializer>> Materializer::Prepare(Repository* repo, Re
             options.pg_user);
       }
     }
+    if (user.uid != geteuid() && !repos->mount_allows_other()) {
+      return Status::FailedPrecondition("the mount on '" + m->mount_point_ +
+                                        "' was made without --allow-other, so postgres (user '" +
+                                        user.name + "') cannot use it: remount with --allow-other");
+    }
     if (user.uid == 0) {
       return Status::FailedPrecondition(
           "the mount on '" + m->mount_point_ +

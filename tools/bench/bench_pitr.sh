@@ -102,18 +102,22 @@ UPDATE bench_text SET body = md5(random()::text) || md5(random()::text) || md5(r
     || md5(random()::text) || md5(random()::text) WHERE id = :id;
 EOF
 chmod 644 "$W/text.sql"
-wal_since_start() { pg_psql "$PORT" "SELECT (pg_current_wal_lsn() - '$START_LSN') >> 20"; }
+mib_between() { pg_psql "$PORT" "SELECT floor(($2::pg_lsn - '$1'::pg_lsn) / 1048576)::bigint"; }
 pgbench_for() {  # SECONDS
   as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -n -c 2 -j 2 -T "$1" \
     -b tpcb-like@4 -f "$W/text.sql@1" postgres >/dev/null 2>&1 || bench_die "pgbench failed"
 }
 T_GEN=$(bench_now)
-while [ "$(wal_since_start)" -lt "$WAL_MIB" ]; do pgbench_for 10; done
+while true; do
+  done_mib=$(mib_between "$START_LSN" "pg_current_wal_lsn()") || bench_die "cannot read the WAL position"
+  [ "$done_mib" -lt "$WAL_MIB" ] || break
+  pgbench_for 10
+done
 TARGET=$(pg_psql "$PORT" "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
 TARGET_LSN=$(pg_psql "$PORT" "SELECT pg_current_wal_lsn()")
 pgbench_for 3  # commits after the target: recovery stops at it, not at the end of the WAL
 GEN_SECS=$(bench_since "$T_GEN")
-WAL_TO_TARGET=$(pg_psql "$PORT" "SELECT ('$TARGET_LSN'::pg_lsn - '$START_LSN') >> 20")
+WAL_TO_TARGET=$(mib_between "$START_LSN" "'$TARGET_LSN'")
 LAST=$(pg_psql "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
 pg_psql "$PORT" "SELECT pg_switch_wal()" >/dev/null
 bench_log "waiting for the archive to catch up with $LAST"
@@ -183,9 +187,10 @@ run_pgbackrest() {  # DIR
   port=$(bench_free_port)
   bench_drop_caches
   t0=$(bench_now)
-  pgbr --pg1-path="$dir" --type=time "--target=$TARGET" --target-action=promote restore >/dev/null ||
-    bench_die "pgbackrest restore failed"
-  as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$W/pgbackrest-restore.log" -w -t 3600 start \
+  pgbr --pg1-path="$dir" --type=time "--target=$TARGET" --target-action=promote restore \
+    >"$W/pgbackrest-restore.out" 2>&1 || { cat "$W/pgbackrest-restore.out" >&2; bench_die "pgbackrest restore failed"; }
+  # Its restore_command (pgbackrest archive-get) finds the configuration through the environment.
+  as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$dir" -l "$W/pgbackrest-restore.log" -w -t 3600 start \
     -o "-p $port -k $W -c listen_addresses=127.0.0.1 -c archive_mode=off" >/dev/null ||
     { tail -20 "$W/pgbackrest-restore.log" >&2; bench_die "the restored copy did not start"; }
   bench_defer "runuser -u postgres -- '$PGBIN/pg_ctl' -D '$dir' -m immediate -w stop"
