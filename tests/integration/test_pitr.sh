@@ -66,21 +66,15 @@ clone_count() {
   as_pg "$PGBIN/pg_ctl" -D "$MNT/clones/$name" -m fast -w stop >/dev/null
 }
 
-N=$(clone_count before --target-time "$BEFORE_DELETE")
-[ "$N" = 4000 ] || fail "clone at $BEFORE_DELETE has $N rows, expected 4000"
-log "ok: --target-time before the DELETE: $N rows"
-N=$(clone_count after --target-time "$AFTER_DELETE")
-[ "$N" = 0 ] || fail "clone at $AFTER_DELETE has $N rows, expected 0"
-log "ok: --target-time after the DELETE: $N rows"
-N=$(clone_count xid --target-xid "$DELETE_XID" --target-exclusive)
-[ "$N" = 4000 ] || fail "clone at xid $DELETE_XID (exclusive) has $N rows, expected 4000"
-log "ok: --target-xid $DELETE_XID --target-exclusive: $N rows"
-N=$(clone_count rp --target-name before_delete)
-[ "$N" = 4000 ] || fail "clone at restore point has $N rows, expected 4000"
-log "ok: --target-name before_delete: $N rows"
-N=$(clone_count lsn --target-lsn "$RP_LSN")
-[ "$N" = 4000 ] || fail "clone at LSN $RP_LSN has $N rows, expected 4000"
-log "ok: --target-lsn $RP_LSN: $N rows"
+# rows_ok COUNT EXPECTED WHAT: a clone's row count, checked and logged.
+rows_ok() { [ "$1" = "$2" ] || fail "$3: $1 rows, expected $2"; log "ok: $3: $1 rows"; }
+
+rows_ok "$(clone_count before --target-time "$BEFORE_DELETE")" 4000 "--target-time before the DELETE"
+rows_ok "$(clone_count after --target-time "$AFTER_DELETE")" 0 "--target-time after the DELETE"
+rows_ok "$(clone_count xid --target-xid "$DELETE_XID" --target-exclusive)" 4000 \
+  "--target-xid $DELETE_XID --target-exclusive"
+rows_ok "$(clone_count rp --target-name before_delete)" 4000 "--target-name before_delete"
+rows_ok "$(clone_count lsn --target-lsn "$RP_LSN")" 4000 "--target-lsn $RP_LSN"
 
 # mat_count NAME TARGET-OPTIONS...: a materialized clone; its first start must replay nothing.
 # Prints count(*) of t.
@@ -110,19 +104,15 @@ started_count() {
   as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
 }
 
-N=$(mat_count mat_before --target-time "$BEFORE_DELETE")
-[ "$N" = 4000 ] || fail "materialized clone at $BEFORE_DELETE has $N rows, expected 4000"
-log "ok: --materialize --target-time before the DELETE: $N rows, no redo at start"
-N=$(mat_count mat_xid --target-xid "$DELETE_XID" --target-exclusive)
-[ "$N" = 4000 ] || fail "materialized clone at xid $DELETE_XID has $N rows, expected 4000"
-log "ok: --materialize --target-xid $DELETE_XID --target-exclusive: $N rows, no redo at start"
+rows_ok "$(mat_count mat_before --target-time "$BEFORE_DELETE")" 4000 \
+  "--materialize --target-time before the DELETE, no redo at start"
+rows_ok "$(mat_count mat_xid --target-xid "$DELETE_XID" --target-exclusive)" 4000 \
+  "--materialize --target-xid $DELETE_XID --target-exclusive, no redo at start"
 # Sealed, the point in time is a snapshot; a clone of it starts as it is, with the same rows.
 MAT_SNAP=$("$PGBACKFS" clone seal "$REPO" mat_before --label before-delete | sed -n 's/.* as snapshot \([^ ]*\) .*/\1/p')
 [ -n "$MAT_SNAP" ] || fail "clone seal of a materialized clone"
 "$PGBACKFS" clone create "$REPO" mat_sealed --from "$MAT_SNAP" >/dev/null
-N=$(started_count mat_sealed)
-[ "$N" = 4000 ] || fail "clone of the sealed materialized clone has $N rows, expected 4000"
-log "ok: sealed materialized clone $MAT_SNAP: $N rows, no redo at start"
+rows_ok "$(started_count mat_sealed)" 4000 "clone of sealed materialized clone $MAT_SNAP, no redo at start"
 
 expect_fail "--materialize with missing binaries" "$PGBACKFS" clone create "$REPO" bad5 \
   --target-time "$BEFORE_DELETE" --materialize --pg-bin /nonexistent
@@ -174,7 +164,5 @@ pg_stop "$DATA"  # its archiver writes into the mount
   cat "$T/mat_local.create" >&2; fail "--materialize without a mount"; }
 grep -q "pgbackfs-materialize" /proc/mounts && fail "the private mount is still mounted"
 "$PGBACKFS" mount "$REPO" "$MNT" --owner postgres --allow-other >/dev/null
-N=$(started_count mat_local)
-[ "$N" = 4000 ] || fail "clone materialized without a mount has $N rows, expected 4000"
-log "ok: --materialize without a mount (private mount): $N rows, no redo at start"
+rows_ok "$(started_count mat_local)" 4000 "--materialize without a mount (private mount), no redo at start"
 log "PASS"
