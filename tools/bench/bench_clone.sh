@@ -6,7 +6,7 @@
 #                                   [--seconds S] [--keep]
 #   --scales LIST  pgbench scales to measure, each with its own data set (default "10 100")
 #   --runs R       RTO repetitions per scale (default 2); TPS and scans are measured once
-#   --text-mb-per-scale M  MB of random md5 text per scale unit (default 8: scale 10 gets 80 MB),
+#   --text-mb-per-scale M  MB of random md5 text per scale unit (default 24: scale 10 gets 240 MB),
 #                  so that the whole compresses 2-4x as real data does (pgbench alone: ~20x)
 #   --seconds S    pgbench -c 2 duration on each copy (default 30)
 #   --keep         keep the work directory (under $BENCH_TMP, default /var/tmp)
@@ -26,7 +26,7 @@ source "$ROOT/tools/bench/lib.sh"
 
 SCALES="10 100"
 RUNS=2
-TEXT_PER_SCALE=8
+TEXT_PER_SCALE=24
 SECONDS_TPS=30
 while [ $# -gt 0 ]; do
   case $1 in
