@@ -153,10 +153,13 @@ EOF
         bench_drop_caches
         t0=$(bench_now)
         "$PGBACKFS" clone create "$REPO" "c$SCALE" --from "$SNAP" >/dev/null
+        put "s$SCALE.rto.clone.create" "$(bench_since "$t0")"
         pg_up "$MNT/clones/c$SCALE" "$S/clone.log"
+        put "s$SCALE.rto.clone.started" "$(bench_since "$t0")"
         CPORT=$(port_of "$MNT/clones/c$SCALE")
         first_answer "$CPORT" || bench_die "the clone did not answer"
         put "s$SCALE.rto.clone" "$(bench_since "$t0")"
+        cp "$S/clone.log" "$S/clone-run$run.log"
       else
         LOCAL=$S/local
         [ "$run" -gt 1 ] && { pg_stop "$LOCAL"; rm -rf "$LOCAL"; }
@@ -165,6 +168,7 @@ EOF
         t0=$(bench_now)
         mkdir -p "$LOCAL" && chown postgres "$LOCAL" && chmod 700 "$LOCAL"
         pgbr restore --pg1-path="$LOCAL" --type=immediate --target-action=promote >/dev/null
+        put "s$SCALE.rto.local.restored" "$(bench_since "$t0")"
         printf "port = %s\narchive_mode = 'off'\n" "$LPORT" >>"$LOCAL/postgresql.auto.conf"
         pg_up "$LOCAL" "$S/local.log"
         first_answer "$LPORT" || bench_die "the pgBackRest copy did not answer"
