@@ -18,10 +18,12 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <future>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -45,6 +47,8 @@ constexpr int kLogTailLines = 20;
 constexpr auto kPollInterval = std::chrono::milliseconds(100);
 constexpr auto kStatsInterval = std::chrono::milliseconds(500);
 constexpr auto kLineModeInterval = std::chrono::seconds(5);
+constexpr uint64_t kPrefetchDepth = 4;  // segments read ahead of the one being replayed
+constexpr int kPrefetchThreads = 2;
 
 // The postmaster prints this once it runs read-write: after a promotion, the startup process
 // has ended recovery and exited. Forced to English with lc_messages = 'C'.
@@ -194,6 +198,8 @@ Result<UserEntry> LookupUser(const std::string& who) {
 class LogWatcher {
  public:
   explicit LogWatcher(std::string path) : path_(std::move(path)) {}
+  // Called with the name of each WAL file postgres restores from the archive.
+  void OnRestored(std::function<void(const std::string&)> fn) { on_restored_ = std::move(fn); }
 
   void Poll() {
     int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
@@ -227,6 +233,11 @@ class LogWatcher {
     size_t log = line.find("LOG:  ");
     if (log == std::string_view::npos) return;
     std::string_view msg = line.substr(log + 6);
+    static constexpr std::string_view kRestored = "restored log file \"";
+    if (on_restored_ && msg.substr(0, kRestored.size()) == kRestored) {
+      std::string_view name = msg.substr(kRestored.size());
+      on_restored_(std::string(name.substr(0, name.find('"'))));
+    }
     // "redo done at X system usage: CPU: ...": the usage is noise here.
     msg = msg.substr(0, msg.find(" system usage: "));
     for (std::string_view start : kNoteStarts) {
@@ -235,11 +246,94 @@ class LogWatcher {
   }
 
   std::string path_;
+  std::function<void(const std::string&)> on_restored_;
   uint64_t offset_ = 0;
   std::string partial_;
   bool ready_ = false;
   std::vector<std::string> notes_;
   std::deque<std::string> tail_;
+};
+
+// --- WAL read-ahead ------------------------------------------------------------------------
+
+// Reads the archived segments that follow the one postgres just restored, so that its
+// restore_command (cp from MOUNT/wal) finds them in the page cache: the mount keeps the cache of
+// archived files between opens (keep_cache), and postgres runs restore_command for one segment
+// at a time, so without this each segment's fetch and its replay take turns. A name that is not
+// archived (the end of the WAL, another timeline) is skipped.
+class WalPrefetcher {
+ public:
+  explicit WalPrefetcher(std::string wal_dir) : wal_dir_(std::move(wal_dir)) {
+    for (int i = 0; i < kPrefetchThreads; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~WalPrefetcher() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  WalPrefetcher(const WalPrefetcher&) = delete;
+  WalPrefetcher& operator=(const WalPrefetcher&) = delete;
+
+  void Restored(const std::string& name) {
+    WalSegmentName segment;
+    bool partial = false;
+    if (!ParseWalSegmentName(name, &segment, &partial).ok() || partial) return;
+    if (seg_size_ == 0) {
+      struct stat st;
+      if (stat((wal_dir_ + "/" + name).c_str(), &st) != 0 || st.st_size < (1 << 20) ||
+          (st.st_size & (st.st_size - 1)) != 0) {
+        return;
+      }
+      seg_size_ = static_cast<uint64_t>(st.st_size);
+    }
+    uint64_t segno = segment.SegNo(seg_size_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (uint64_t i = 1; i <= kPrefetchDepth; ++i) {
+        std::string next = WalSegmentName::FromSegNo(segment.tli, segno + i, seg_size_).ToString();
+        if (queued_.insert(next).second) queue_.push_back(next);
+      }
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void Loop() {
+    std::vector<char> buf(1 << 20);
+    for (;;) {
+      std::string name;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        name = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      int fd = open((wal_dir_ + "/" + name).c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      ssize_t n;
+      do {
+        n = read(fd, buf.data(), buf.size());
+      } while ((n > 0 || (n < 0 && errno == EINTR)) && !Stopping());
+      close(fd);
+    }
+  }
+  bool Stopping() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stop_;
+  }
+
+  const std::string wal_dir_;
+  uint64_t seg_size_ = 0;  // only Restored() uses it
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> queue_;  // guarded by mu_
+  std::set<std::string> queued_;   // guarded by mu_
+  bool stop_ = false;              // guarded by mu_
+  std::vector<std::thread> threads_;
 };
 
 // --- replay statistics through libpq (hot standby connections) -----------------------------
@@ -815,8 +909,10 @@ Result<MaterializeReport> Materializer::Run(
   const std::string log = work + "/server.log";
   std::unique_ptr<PrivateMount> private_mount;
   ReplayServer server;
+  std::optional<WalPrefetcher> prefetcher;  // reads through the mount: gone before it is
   auto cleanup = [&] {
     server.Kill();
+    prefetcher.reset();
     Status s = private_mount ? private_mount->Stop() : Status::OK();
     // Never a recursive remove: a mount that would not go away may still be under `work`.
     unlink(hba.c_str());
@@ -906,6 +1002,8 @@ Result<MaterializeReport> Materializer::Run(
   if (!s.ok()) return fail(s, true);
 
   LogWatcher watcher(log);
+  prefetcher.emplace(mount_point + "/wal");
+  watcher.OnRestored([&prefetcher](const std::string& name) { prefetcher->Restored(name); });
   ReplayProgress progress(io_->err, show, io_->err_is_tty, goal);
   StatsPoller stats("host=" + sock + " port=" + std::to_string(port) + " dbname=template1 user=" +
                     run_as_.name + " connect_timeout=2 sslmode=disable application_name=pgbackfs");
@@ -931,6 +1029,7 @@ Result<MaterializeReport> Materializer::Run(
     SleepFor(kPollInterval);
   }
   stats.Close();
+  prefetcher.reset();
   progress.Done();
   if (show) fprintf(io_->err, "materializing clone '%s': promoted; shutting down\n", name.c_str());
 

@@ -129,8 +129,8 @@ done
   bench_die "archiving did not catch up"
 pg_stop "$SRC"
 bench_log "target $TARGET ($TARGET_LSN, $WAL_TO_TARGET MiB of WAL after the backup, made in ${GEN_SECS}s)"
-BF_WAL=$(du -sb "$MNT/wal" | cut -f1)
-BR_WAL=$(bench_du "$BR/archive")
+BF_DU=$(bench_du "$BF")
+BR_DU=$(bench_du "$BR")
 
 # ---------------------------------------------------------------- measurements
 # answer PORT: waits for a read-write server that answers a primary-key query; prints its
@@ -226,7 +226,7 @@ cat <<EOF
 
 == PITR: time to a running server at a target $WAL_TO_TARGET MiB of WAL after the backup
 data: pgbench scale $SCALE + $TEXT_MB MB text (database $DB_SIZE); $(nproc) cores; load $LOAD0 -> $LOAD1
-archived WAL: pgbackfs $((BF_WAL >> 20)) MiB (logical, in the mount), pgBackRest $((BR_WAL >> 20)) MiB on disk
+repositories on disk (backup + archived WAL): pgbackfs $((BF_DU >> 20)) MiB, pgBackRest $((BR_DU >> 20)) MiB
 median ±spread (max-min) of $RUNS runs, seconds; values: clone [${V[clone]} ], materialize [${V[materialize]} ], pgbackrest [${V[pgbackrest]} ]
 
 | | seconds | vs pgBackRest |
