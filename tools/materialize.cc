@@ -630,6 +630,19 @@ Status UnlinkIfExists(const std::string& path) {
   return Status::OK();
 }
 
+// Through the mount (the kernel caches what postgres wrote): the user's server starts as a
+// primary, with no recovery settings, no signal file, and no postmaster.opts naming our private
+// socket directory (pg_ctl restart would reuse it).
+Status FinishReplayedCluster(const std::string& dir,
+                             const std::function<std::string(const std::string&)>& rewrite_conf) {
+  std::string conf;
+  RETURN_IF_ERROR(ReadSmallFile(dir + "/postgresql.auto.conf", &conf));
+  RETURN_IF_ERROR(WriteFileAtomic(dir + "/postgresql.auto.conf", rewrite_conf(conf), 0600));
+  RETURN_IF_ERROR(UnlinkIfExists(dir + "/recovery.signal"));
+  RETURN_IF_ERROR(UnlinkIfExists(dir + "/postmaster.opts"));
+  return FsyncDir(dir);
+}
+
 std::string Indent(const std::deque<std::string>& lines) {
   std::string out;
   for (const std::string& l : lines) out += "\n  " + l;
@@ -1047,14 +1060,7 @@ Result<MaterializeReport> Materializer::Run(
                         std::to_string(*state) + ")"),
         true);
   }
-  // The user's server starts as a primary: no recovery settings, no signal file, and no
-  // postmaster.opts naming our private socket directory (pg_ctl restart would reuse it).
-  std::string conf;
-  s = ReadSmallFile(dir + "/postgresql.auto.conf", &conf);
-  if (s.ok()) s = WriteFileAtomic(dir + "/postgresql.auto.conf", rewrite_conf(conf), 0600);
-  if (s.ok()) s = UnlinkIfExists(dir + "/recovery.signal");
-  if (s.ok()) s = UnlinkIfExists(dir + "/postmaster.opts");
-  if (s.ok()) s = FsyncDir(dir);
+  s = FinishReplayedCluster(dir, rewrite_conf);
   // Durable: the kernel's buffers of the mount reach the clone, and the clone the disk.
   if (s.ok() && !private_mount) s = repos_->SyncMount();
   if (!s.ok()) return fail(s.WithContext("finish the replayed clone"), false);
