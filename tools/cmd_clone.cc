@@ -263,8 +263,10 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
                                 "; drop it with pgbackfs clone drop")));
       }
       fprintf(ctx->io->out,
-              "materialized: PostgreSQL %s replayed the WAL to %s in %.1f s (as user %s)\n",
-              report->pg_version.c_str(), goal.description.c_str(), report->seconds,
+              "materialized: PostgreSQL %s replayed the WAL to %s in %.1f s, shut down in %.1f s "
+              "(as user %s)\n",
+              report->pg_version.c_str(), goal.description.c_str(),
+              report->seconds - report->shutdown_seconds, report->shutdown_seconds,
               report->user.c_str());
       for (const std::string& m : report->messages) {
         fprintf(ctx->io->out, "  postgres: %s\n", m.c_str());

@@ -1046,9 +1046,11 @@ Result<MaterializeReport> Materializer::Run(
   progress.Done();
   if (show) fprintf(io_->err, "materializing clone '%s': promoted; shutting down\n", name.c_str());
 
+  double promoted_at = elapsed();
   s = server.StopFast(cancelled);
   if (!s.ok()) return fail(s, true);
   report.seconds = elapsed();
+  report.shutdown_seconds = report.seconds - promoted_at;
   watcher.Poll();
   report.messages = watcher.notes();
 

@@ -49,6 +49,7 @@ struct MaterializeReport {
   std::string user;                   // who ran it
   std::vector<std::string> messages;  // what postgres said about where it stopped, in order
   double seconds = 0;                 // from the server's start to its clean shutdown
+  double shutdown_seconds = 0;        // of which the shutdown (its checkpoint)
 };
 
 // The PostgreSQL major version of a snapshot: its PG_VERSION file ("15", "9.6").

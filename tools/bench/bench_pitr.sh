@@ -173,6 +173,7 @@ run_clone() {  # NAME [--materialize]
   check_rows "$name" "$rows"
   if [ -n "$extra" ]; then
     ! grep -q "redo starts at" "$W/$name.log" || bench_die "materialized clone $name replayed WAL at start"
+    bench_log "  $name: $(grep -o 'replayed the WAL .*' "$W/$name.out" | grep -o 'in [0-9.]* s, shut down in [0-9.]* s')"
     put mat.replay "$(python3 -c "print(f'{$t1 - $t0:.2f}')")"
     put mat.start "$(python3 -c "print(f'{$SECS - ($t1 - $t0):.2f}')")"
   fi
