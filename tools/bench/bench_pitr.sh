@@ -55,28 +55,7 @@ mkdir -p "$MNT"
 "$PGBACKFS" mount "$BF" "$MNT" --owner postgres --allow-other >/dev/null
 bench_defer "'$PGBACKFS' umount '$MNT' || fusermount3 -u -z '$MNT'"
 
-cat >"$CONF" <<EOF
-[global]
-repo1-path=$BR
-repo1-retention-full=99
-compress-type=zst
-process-max=2
-start-fast=y
-log-path=$W/pgbackrest-log
-lock-path=$W/pgbackrest-lock
-spool-path=$W/pgbackrest-spool
-log-level-console=warn
-log-level-file=info
-
-[bench]
-pg1-path=$SRC
-pg1-port=$PORT
-pg1-socket-path=$W
-pg1-user=postgres
-EOF
-chmod 644 "$CONF"
-mkdir -p "$BR" "$W/pgbackrest-log" && chown postgres "$BR" "$W/pgbackrest-log"
-pgbr() { runuser -u postgres -- env PGBACKREST_CONFIG="$CONF" pgbackrest --stanza=bench "$@"; }
+bench_pgbackrest_conf "$CONF" "$BR" "$SRC" "$PORT"
 
 bench_log "source: pgbench scale $SCALE + $TEXT_MB MB of md5 text, archived by cp into the mount and by pgbackrest"
 pg_initdb "$SRC"
