@@ -20,10 +20,14 @@ mount_repo() {
   fi
 }
 
-# unmount_dead MNT: unmounts a mount whose daemon was killed.
+# in_mount_table MNT: MNT is mounted, alive or dead (mountpoint(1) cannot stat a dead one).
+in_mount_table() { awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
+
+# unmount_dead MNT: unmounts a mount whose daemon was killed (nothing if it is not mounted).
 unmount_dead() {
-  "$PGBACKFS" umount "$1" >/dev/null 2>&1 || fusermount3 -uz "$1" 2>/dev/null || umount -l "$1"
-  ! mountpoint -q "$1" || fail "the dead mount $1 is still mounted"
+  in_mount_table "$1" || return 0
+  "$PGBACKFS" umount "$1" >/dev/null 2>&1 || fusermount3 -uz "$1" 2>/dev/null || umount -l "$1" || true
+  ! in_mount_table "$1" || fail "the dead mount $1 is still mounted"
 }
 
 # random_sleep MAX_MS: sleeps a random time in [0, MAX_MS) ms and sets SLEPT_MS.

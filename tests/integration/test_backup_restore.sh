@@ -4,7 +4,9 @@
 #   re-run works; a second backup while one runs, a bad connection string, a role without
 #   REPLICATION, tablespaces and another cluster are refused with clear messages; a restored copy
 #   passes pg_verifybackup and starts with the same rows; after 5% of the rows change, the next
-#   backup stores under a quarter of the first; a damaged chunk is found by verify.
+#   backup stores under a quarter of the first; a damaged chunk is found by verify, read through
+#   the mount (backups/ and an unchanged file of a clone) as EIO and never as wrong bytes, and
+#   refused by restore; bytes flipped in RocksDB's table files likewise.
 # Usage: bash test_backup_restore.sh PATH_TO_PGBACKFS
 source "$(dirname "$0")/lib.sh" "$1"
 
@@ -170,20 +172,104 @@ if [ -f "$T/damaged/$REL" ]; then
     fail "restore wrote the damaged page"
 fi
 
-log "a flipped byte inside a RocksDB table file (copy of the repository)"
+log "reads through the mount of the damaged copy: EIO at the damaged page, never wrong bytes"
+mkdir -p "$T/mnt.orig" "$T/mnt.copy"
+mount_ro() {  # mount_ro REPO MNT: mounts and registers the unmount at exit
+  "$PGBACKFS" mount "$1" "$2" >/dev/null || fail "mount $1"
+  on_exit "'$PGBACKFS' umount '$2' || unmount_quiet '$2'"
+}
+# compare_tree ORIG DAMAGED: reads every file of DAMAGED in 8 KiB pieces; each piece is either
+# byte-identical to ORIG or fails with EIO. Prints "files bytes eio-pieces first-eio-path:offset".
+compare_tree() {
+  python3 - "$1" "$2" <<'PY'
+import errno, os, sys
+orig, damaged = sys.argv[1], sys.argv[2]
+files = nbytes = eio = 0
+first = "-"
+for root, dirs, names in os.walk(orig):
+    dirs.sort()
+    for name in sorted(names):
+        o = os.path.join(root, name)
+        rel = os.path.relpath(o, orig)
+        if os.path.islink(o) or not os.path.isfile(o):
+            continue
+        files += 1
+        try:
+            fd = open(os.path.join(damaged, rel), "rb", buffering=0)
+        except OSError as e:  # a damaged directory listing or snapshot record
+            if e.errno != errno.EIO:
+                raise
+            eio += 1
+            first = first if first != "-" else "%s:open" % rel
+            continue
+        with open(o, "rb") as fo, fd:
+            want_all = fo.read()
+            for off in range(0, len(want_all), 8192):
+                want = want_all[off:off + 8192]
+                try:
+                    got = os.pread(fd.fileno(), len(want), off)
+                except OSError as e:
+                    if e.errno != errno.EIO:
+                        raise
+                    eio += 1
+                    if first == "-":
+                        first = "%s:%d" % (rel, off)
+                    continue
+                if got != want:
+                    sys.exit("WRONG BYTES: %s offset %d" % (rel, off))
+                nbytes += len(got)
+print(files, nbytes, eio, first)
+PY
+}
+mount_ro "$REPO" "$T/mnt.orig"
+mount_ro "$T/copy1" "$T/mnt.copy"
+read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$SNAP1" "$T/mnt.copy/backups/$SNAP1") ||
+  fail "reading backups/$SNAP1 of the damaged copy"
+[ "$first" = "$REL:8192" ] || fail "expected EIO at $REL:8192 first, got $first ($eio EIO pieces)"
+log "ok: backups/$SNAP1: $files files, $bytes bytes identical, $eio piece(s) EIO (first at $first)"
+grep -q "$REL" "$T/copy1/log/mount.log" || fail "the mount log does not name the damaged file"
+"$PGBACKFS" clone create "$T/copy1" damaged --from "$SNAP1" >/dev/null || fail "clone of the damaged snapshot"
+read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$SNAP1/base" "$T/mnt.copy/clones/damaged/base") ||
+  fail "reading the clone's unchanged files"
+[ "$first" = "${REL#base/}:8192" ] || fail "clone: expected EIO at $REL:8192, got $first"
+log "ok: clones/damaged/base: $files files, $bytes bytes identical, $eio piece(s) EIO"
+"$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
+
+log "bytes flipped inside RocksDB table files (copy of the repository)"
 cp -a "$REPO" "$T/copy2"
 "$PGBACKFS" debug flush "$T/copy2"
-SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
-python3 - "$SST" <<'PY'
-import os, sys
-path = sys.argv[1]
-size = os.path.getsize(path)
-with open(path, "r+b") as f:
-    f.seek(size // 3)
-    b = f.read(1)
-    f.seek(size // 3)
-    f.write(bytes([b[0] ^ 0x5a]))
+# One flip a third into the largest table file, and one at a random place in the first 90% (data
+# blocks; the index and footer are at the end) of each of the next three (FLIP_SEED repeats a run).
+FLIP_SEED=${FLIP_SEED:-$$}
+python3 - "$FLIP_SEED" $(ls -S "$T"/copy2/db/*.sst | head -4) <<'PY'
+import os, random, sys
+rng = random.Random(int(sys.argv[1]))
+for i, path in enumerate(sys.argv[2:]):
+    size = os.path.getsize(path)
+    pos = size // 3 if i == 0 else rng.randrange(size * 9 // 10)
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5a]))
+    print("flipped %s offset %d" % (os.path.basename(path), pos), file=sys.stderr)
 PY
-expect_error 1 "DAMAGED" "verify after a byte flip in $(basename "$SST")" "$PGBACKFS" verify "$T/copy2"
+expect_error 1 "DAMAGED snapshot" "verify after byte flips in table files (seed $FLIP_SEED)" "$PGBACKFS" verify "$T/copy2"
+grep -E "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" | head -3 >&2 ||
+  fail "verify does not name a snapshot, file and offset"
+mount_ro "$T/copy2" "$T/mnt.copy"
+TOTAL_EIO=0
+for snap in $("$PGBACKFS" list "$REPO" --json | jq -r '.snapshots[].id'); do
+  read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$snap" "$T/mnt.copy/backups/$snap") ||
+    fail "reading backups/$snap of the copy with flipped bytes (seed $FLIP_SEED)"
+  TOTAL_EIO=$((TOTAL_EIO + eio))
+  log "backups/$snap: $files files, $bytes bytes identical, $eio piece(s) EIO (first at $first)"
+  if grep "^DAMAGED snapshot '$snap' file " "$T/err.out" | grep -vq "WAL needed"; then
+    expect_fail "restore of damaged snapshot $snap" "$PGBACKFS" restore "$T/copy2" "$snap" "$T/damaged2-$snap"
+  fi
+done
+"$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
+"$PGBACKFS" umount "$T/mnt.orig" >/dev/null || fail "umount"
+log "ok: no wrong bytes read; $TOTAL_EIO pieces EIO"
 "$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "the original repository no longer verifies"; }
 log "PASS"

@@ -178,6 +178,7 @@ check_acked
 
 log "(c') the disk fills up during a standalone backup"
 before=$(snapshot_ids "$REPO")
+psql_q "$PORT" "UPDATE pgbench_accounts SET abalance = abalance + 1"
 fill 8
 if "$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint --label full2 >"$T/full.out" 2>&1; then
   fail "a standalone backup on a full disk succeeded"

@@ -12,7 +12,7 @@
 source "$(dirname "$0")/lib.sh" "$1"
 source "$(dirname "$0")/fault_lib.sh"
 
-POOL_SIZE=${FAULT_WAL_POOL:-100}  # distinct segments; a new repository starts when all are used
+POOL_SIZE=${FAULT_WAL_POOL:-60}  # distinct segments; a new repository starts when all are used
 MAX_DELAY_MS=1500
 PORT=$(free_port)
 PG=$T/pg
