@@ -1,4 +1,5 @@
 // RocksDB implementation of KvStore. The only file that includes RocksDB headers.
+#include <fcntl.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
@@ -6,11 +7,18 @@
 #include <rocksdb/listener.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/options_util.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <ctime>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -126,6 +134,47 @@ class FullDiskFs : public rocksdb::FileSystemWrapper {
   const KvFaultInjection* faults_;
 };
 
+// RocksDB's info log, DIR/LOG. Not RocksDB's own file logger: Debian's RocksDB is built with
+// assertions, and that logger aborts the process at the first line after one of its writes failed
+// (a full disk). This one drops the lines it cannot write.
+class InfoLog : public rocksdb::Logger {
+ public:
+  static std::shared_ptr<rocksdb::Logger> Open(const std::string& dir) {
+    const std::string path = dir + "/LOG";
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && st.st_size > kRotateBytes) {
+      rename(path.c_str(), (path + ".old").c_str());
+    }
+    return std::make_shared<InfoLog>(
+        open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  }
+  explicit InfoLog(int fd) : fd_(fd) {}
+  ~InfoLog() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    if (fd_ < 0) return;
+    char buf[4096];
+    struct timeval now;
+    gettimeofday(&now, nullptr);
+    struct tm t;
+    localtime_r(&now.tv_sec, &t);
+    int n = snprintf(buf, sizeof(buf), "%04d/%02d/%02d-%02d:%02d:%02d.%06ld ", t.tm_year + 1900,
+                     t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                     static_cast<long>(now.tv_usec));
+    int m = vsnprintf(buf + n, sizeof(buf) - n - 1, format, ap);
+    n = m < 0 ? n : std::min<int>(n + m, sizeof(buf) - 2);
+    if (buf[n - 1] != '\n') buf[n++] = '\n';
+    [[maybe_unused]] ssize_t written = write(fd_, buf, n);  // a line lost on a full disk is fine
+  }
+
+ private:
+  static constexpr off_t kRotateBytes = 16 << 20;
+  const int fd_;
+};
+
 // Notes that RocksDB stopped writing (a background error: a failed log write, flush or
 // compaction), so that the store resumes it before the next write; and turns RocksDB's own
 // recovery off. That one resumes as soon as the error is set, while the disk is still full, and
@@ -196,6 +245,8 @@ class RocksStore : public KvStore {
     db_options.skip_stats_update_on_db_open = true;
     db_options.skip_checking_sst_file_sizes_on_db_open = true;
     db_options.listeners.push_back(std::make_shared<StopListener>(&store->stopped_));
+    if (options.create_if_missing) mkdir(dir.c_str(), 0700);  // for the log; exists is fine
+    db_options.info_log = InfoLog::Open(dir);
     if (options.faults) {
       store->env_ = rocksdb::NewCompositeEnv(
           std::make_shared<FullDiskFs>(rocksdb::FileSystem::Default(), options.faults));
@@ -302,7 +353,10 @@ class RocksStore : public KvStore {
   Status Checked(const rocksdb::Status& s, const char* what) {
     if (s.ok()) return Status::OK();
     if (!s.IsInvalidArgument() && !s.IsNotSupported()) stopped_.store(true);
-    return Convert(s, what);
+    Status st = Convert(s, what);
+    if (st.code() != Status::Code::kNoSpace) return st;
+    return Status::NoSpace("the repository's file system is full (" + st.message() +
+                           "); this write was not stored: free space and retry");
   }
 
   // RocksDB refuses writes after a write error until DB::Resume() succeeds: it flushes the

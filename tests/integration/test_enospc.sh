@@ -124,6 +124,11 @@ clone_start "$MNT" c1
 psql_q "$CPORT" "CREATE TABLE marker (id int primary key, note text); INSERT INTO marker VALUES (1, 'before the disk filled')"
 psql_q "$CPORT" "CHECKPOINT"
 fill 16
+if dd if=/dev/urandom of="$MNT/clones/c1/dd.bin" bs=1M count=200 conv=fsync 2>"$T/dd.err"; then
+  fail "dd of 200 MiB into the clone on a full disk succeeded"
+fi
+log "dd got: $(tail -1 "$T/dd.err")"
+grep -qE "No space left on device|Input/output error" "$T/dd.err" || fail "dd error: $(cat "$T/dd.err")"
 PM=$(head -1 "$MNT/clones/c1/postmaster.pid")
 if as_pg psql -X -q -h 127.0.0.1 -p "$CPORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c \
   "CREATE TABLE big AS SELECT g, md5(random()::text) || md5(random()::text) AS body FROM generate_series(1, 3000000) g; CHECKPOINT" \
@@ -133,11 +138,7 @@ fi
 log "postgres got: $(grep -m1 -E 'ERROR|PANIC|FATAL|server closed' "$T/big.out")"
 grep -E "No space left|could not (write|extend|fsync)|PANIC|server closed" "$T/big.out" "$T/c1.log" >/dev/null ||
   fail "postgres' error does not say why: $(cat "$T/big.out")"
-if dd if=/dev/urandom of="$MNT/clones/c1/dd.bin" bs=1M count=64 conv=fsync 2>"$T/dd.err"; then
-  fail "dd of 64 MiB into the clone on a full disk succeeded"
-fi
-log "dd got: $(tail -1 "$T/dd.err")"
-grep -qE "No space left on device|Input/output error" "$T/dd.err" || fail "dd error: $(cat "$T/dd.err")"
+log "postgres' log: $(grep -m1 -E "No space left|could not (write|extend|fsync)" "$T/c1.log" || true)"
 unfill
 rm -f "$MNT/clones/c1/dd.bin"
 # postgres may have PANICked (a failed fsync); if it still runs, stop it the hard way.
@@ -173,6 +174,11 @@ unfill
 "$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint --label after-full >"$T/after.out" 2>&1 ||
   { cat "$T/after.out"; fail "a backup after freeing space"; }
 verify_ok "$REPO"
+check_acked
+log "kill -9 of the daemon that recovered from the full disk: nothing acknowledged is lost"
+kill -9 "$DAEMON_PID"
+unmount_dead "$MNT"
+mount_repo "$REPO" "$MNT"
 check_acked
 "$PGBACKFS" umount "$MNT" >/dev/null || fail "umount"
 

@@ -126,7 +126,9 @@ TEST_F(KvFaultTest, ManyFullDiskEpisodesLoseNothingAcknowledged) {
       }
     }
     faults_.disk_full = false;
-    if (episode % 2) ASSERT_TRUE(kv_->Flush().ok());
+    if (episode % 2) {
+      ASSERT_TRUE(kv_->Flush().ok());
+    }
   }
   EXPECT_EQ(refused.size(), 8u * 4u);
   ASSERT_TRUE(kv_->Sync().ok());
