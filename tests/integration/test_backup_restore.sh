@@ -235,40 +235,72 @@ read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$SNAP1/base"
 log "ok: clones/damaged/base: $files files, $bytes bytes identical, $eio piece(s) EIO"
 "$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
 
-log "bytes flipped inside RocksDB table files (copy of the repository)"
-cp -a "$REPO" "$T/copy2"
-"$PGBACKFS" debug flush "$T/copy2"
-# One flip a third into the largest table file, and one at a random place in the first 90% (data
-# blocks; the index and footer are at the end) of each of the next three (FLIP_SEED repeats a run).
-FLIP_SEED=${FLIP_SEED:-$$}
-python3 - "$FLIP_SEED" $(ls -S "$T"/copy2/db/*.sst | head -4) <<'PY'
+log "bytes flipped inside RocksDB table files (copies of the repository)"
+# flip_bytes SEED FILE POSITION...: XORs one byte at each POSITION of FILE; a position "r" is a
+# random one in the first 90% of the file (its data blocks; the index and footer are at the end).
+flip_bytes() {
+  python3 - "$@" <<'PY'
 import os, random, sys
 rng = random.Random(int(sys.argv[1]))
-for i, path in enumerate(sys.argv[2:]):
-    size = os.path.getsize(path)
-    pos = size // 3 if i == 0 else rng.randrange(size * 9 // 10)
-    with open(path, "r+b") as f:
+path = sys.argv[2]
+size = os.path.getsize(path)
+with open(path, "r+b") as f:
+    for p in sys.argv[3:]:
+        pos = rng.randrange(size * 9 // 10) if p == "r" else int(p)
         f.seek(pos)
         b = f.read(1)
         f.seek(pos)
         f.write(bytes([b[0] ^ 0x5a]))
-    print("flipped %s offset %d" % (os.path.basename(path), pos), file=sys.stderr)
+        print("flipped %s offset %d" % (os.path.basename(path), pos), file=sys.stderr)
 PY
-expect_error 1 "DAMAGED snapshot" "verify after byte flips in table files (seed $FLIP_SEED)" "$PGBACKFS" verify "$T/copy2"
+}
+# check_copy COPY: every snapshot of COPY read through a mount is byte-identical to the original
+# or EIO, never wrong bytes; restore refuses each snapshot verify found damaged. Needs verify's
+# output in $T/err.out.
+TOTAL_EIO=0
+check_copy() {
+  local copy=$1 snap files bytes eio first
+  mount_ro "$copy" "$T/mnt.copy"
+  for snap in $("$PGBACKFS" list "$REPO" --json | jq -r '.snapshots[].id'); do
+    read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$snap" "$T/mnt.copy/backups/$snap") ||
+      fail "reading backups/$snap of $copy (flip seed $FLIP_SEED)"
+    TOTAL_EIO=$((TOTAL_EIO + eio))
+    log "$(basename "$copy") backups/$snap: $files files, $bytes bytes identical, $eio piece(s) EIO (first at $first)"
+    if grep "^DAMAGED snapshot '$snap' file " "$T/err.out" | grep -vq "WAL needed"; then
+      expect_fail "restore of damaged snapshot $snap" "$PGBACKFS" restore "$copy" "$snap" "$T/damaged-$snap"
+    fi
+  done
+  "$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
+}
+FLIP_SEED=${FLIP_SEED:-$$}
+cp -a "$REPO" "$T/copy2"
+"$PGBACKFS" debug flush "$T/copy2"
+# The largest table file holds chunks: two flips there, and verify names what they damage.
+SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
+flip_bytes "$FLIP_SEED" "$SST" "$(($(stat -c %s "$SST") / 3))" r
+expect_error 1 "DAMAGED snapshot" "verify after byte flips in $(basename "$SST") (seed $FLIP_SEED)" "$PGBACKFS" verify "$T/copy2"
 grep -E "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" | head -3 >&2 ||
   fail "verify does not name a snapshot, file and offset"
-mount_ro "$T/copy2" "$T/mnt.copy"
-TOTAL_EIO=0
-for snap in $("$PGBACKFS" list "$REPO" --json | jq -r '.snapshots[].id'); do
-  read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$snap" "$T/mnt.copy/backups/$snap") ||
-    fail "reading backups/$snap of the copy with flipped bytes (seed $FLIP_SEED)"
-  TOTAL_EIO=$((TOTAL_EIO + eio))
-  log "backups/$snap: $files files, $bytes bytes identical, $eio piece(s) EIO (first at $first)"
-  if grep "^DAMAGED snapshot '$snap' file " "$T/err.out" | grep -vq "WAL needed"; then
-    expect_fail "restore of damaged snapshot $snap" "$PGBACKFS" restore "$T/copy2" "$snap" "$T/damaged2-$snap"
-  fi
-done
-"$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
+check_copy "$T/copy2"
+# One flip in each of the other table files (metadata, the WAL index, more chunks): verify fails
+# and says where (a snapshot and file, or the damaged table file), and no read returns wrong bytes.
+cp -a "$REPO" "$T/copy3"
+"$PGBACKFS" debug flush "$T/copy3"
+for sst in $(ls -S "$T"/copy3/db/*.sst | tail -n +2); do flip_bytes "$FLIP_SEED" "$sst" r; done
+expect_error 1 "DAMAGED\|Corruption" "verify after a byte flip in every other table file (seed $FLIP_SEED)" \
+  "$PGBACKFS" verify "$T/copy3"
+grep -q "DAMAGED snapshot '[^']*' file '[^']*' offset [0-9]*\|Corruption.*\.sst" "$T/err.out" ||
+  fail "verify does not say what is damaged"
+if grep -q "open rocksdb" "$T/err.out"; then
+  # A damaged block that RocksDB reads at open (a small table's index or properties): nothing
+  # opens the repository, and each command says which file is damaged.
+  expect_error 1 "Corruption.*\.sst" "mount of a repository whose tables do not open" \
+    "$PGBACKFS" mount "$T/copy3" "$T/mnt.copy"
+  expect_error 1 "Corruption.*\.sst" "restore from a repository whose tables do not open" \
+    "$PGBACKFS" restore "$T/copy3" "$SNAP1" "$T/damaged3"
+else
+  check_copy "$T/copy3"
+fi
 "$PGBACKFS" umount "$T/mnt.orig" >/dev/null || fail "umount"
 log "ok: no wrong bytes read; $TOTAL_EIO pieces EIO"
 "$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "the original repository no longer verifies"; }
