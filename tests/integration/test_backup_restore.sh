@@ -303,5 +303,6 @@ else
 fi
 "$PGBACKFS" umount "$T/mnt.orig" >/dev/null || fail "umount"
 log "ok: no wrong bytes read; $TOTAL_EIO pieces EIO"
+log "FAULT-SUMMARY corruption: damaged_copies=3 byte_flips=$((2 + $(ls "$T"/copy3/db/*.sst | wc -l) - 1)) eio_pieces=$TOTAL_EIO wrong_bytes=0 seed=$FLIP_SEED"
 "$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "the original repository no longer verifies"; }
 log "PASS"
