@@ -338,9 +338,10 @@ class RocksStore : public KvStore {
   }
 
   Status Compact(Cf cf) override {
+    RETURN_IF_ERROR(ResumeIfStopped());
     rocksdb::CompactRangeOptions co;
     co.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
-    return Convert(db_->CompactRange(co, handle(cf), nullptr, nullptr), "compact");
+    return Checked(db_->CompactRange(co, handle(cf), nullptr, nullptr), "compact");
   }
 
   uint64_t ApproximateSize(Cf cf) override {

@@ -6,8 +6,11 @@
 #     and verify passes;
 #   clone seal (standalone, and forwarded to the daemon): either the seal committed fully (the new
 #     snapshot verifies and a clone of it starts with the sealed rows) or nothing new is visible;
-#     either way the clone is intact (same rows) and can be sealed again.
-# gc and expire do not exist yet; nothing to kill there.
+#     either way the clone is intact (same rows) and can be sealed again;
+#   expire: the snapshots listed afterwards are all of them or exactly what the plan keeps;
+#   gc (standalone, and forwarded to the daemon while WAL pushes run): verify passes after each
+#     kill (every chunk a kept snapshot or WAL file needs is there), pushes acknowledged are
+#     intact, and gc runs again.
 # Iterations: FAULT_ITERS (default 10: CI; tools/reliability.sh runs more).
 # Usage: bash test_fault_kill.sh PATH_TO_PGBACKFS
 source "$(dirname "$0")/lib.sh" "$1"
@@ -182,7 +185,84 @@ clone_stop "$MNT" work
 "$PGBACKFS" clone seal "$REPO" work --label final >"$T/seal.out" 2>&1 || { cat "$T/seal.out"; fail "final seal"; }
 check_sealed "$(sed -n 's/.*as snapshot \([^ ]*\) .*/\1/p' "$T/seal.out")"
 verify_ok "$REPO"
-summary kill-backup-seal backup_kills="$BACKUP_KILLS" seal_kills="$SEAL_KILLS" \
+
+GC_ITERS=$(((ITERS + 3) / 4))
+EXPIRE_KILLS=0 GC_KILLS=0 GC_PUSHES=0
+log "kill -9 of expire and gc, $GC_ITERS rounds"
+# WAL segments for pushes during a forwarded gc (the source archives nowhere; take its pg_wal).
+mkdir -p "$T/segs"
+t0=$(now_ms)
+"$PGBACKFS" gc "$REPO" >"$T/gc.out" 2>&1 || { cat "$T/gc.out"; fail "gc"; }
+GC_MS=$(($(now_ms) - t0))
+log "gc took $GC_MS ms"
+for round in $(seq 1 "$GC_ITERS"); do
+  psql_q "$PORT" "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 100000"
+  "$PGBACKFS" backup "$REPO" -d "$CONN" --fast-checkpoint --label "gc round $round" >/dev/null 2>&1 ||
+    fail "backup in gc round $round"
+  before=$(snapshot_ids "$REPO")
+  t0=$(now_ms)
+  "$PGBACKFS" expire "$REPO" --keep-last 2 --dry-run --json >"$T/plan.json" || fail "expire --dry-run"
+  EXPIRE_MS=$((($(now_ms) - t0) * 3 / 2))
+  planned=$(jq -r '.snapshots[] | select(.kept) | .id' "$T/plan.json" | sort | tr '\n' ' ')
+  "$PGBACKFS" expire "$REPO" --keep-last 2 >"$T/expire.out" 2>&1 &
+  E=$!
+  random_sleep "$EXPIRE_MS"
+  kill -9 "$E" 2>/dev/null && EXPIRE_KILLS=$((EXPIRE_KILLS + 1))
+  wait "$E" 2>/dev/null || true
+  after=$(snapshot_ids "$REPO")
+  [ "$after" = "$before" ] || [ "$after" = "$planned" ] ||
+    fail "after a killed expire: '$after', neither all '$before' nor the plan '$planned'"
+  verify_ok "$REPO"
+  "$PGBACKFS" expire "$REPO" --keep-last 2 >/dev/null || fail "expire after the kill"
+  [ "$(snapshot_ids "$REPO")" = "$planned" ] || fail "expire re-run: $(snapshot_ids "$REPO"), plan $planned"
+  t0=$(now_ms)
+  if [ $((round % 2)) = 1 ]; then
+    "$PGBACKFS" gc "$REPO" >"$T/gc.out" 2>&1 &
+    G=$!
+    random_sleep "$GC_MS"
+    kill -9 "$G" 2>/dev/null && GC_KILLS=$((GC_KILLS + 1))
+    wait "$G" 2>/dev/null || true
+    log "gc round $round: standalone gc killed after $SLEPT_MS ms (of ~$GC_MS); expire killed $([ "$after" = "$before" ] && echo before || echo after) its commit"
+  else
+    mount_repo "$REPO" "$MNT"
+    # Pushes of this cluster's WAL (re-pushes of the same bytes are acknowledged too).
+    for _ in 1 2; do
+      psql_q "$PORT" "INSERT INTO notes SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
+      psql_q "$PORT" "SELECT pg_switch_wal()" >/dev/null
+    done
+    cur=$(psql_q "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    for f in $(ls "$DATA/pg_wal" | grep -E '^[0-9A-F]{24}$' | awk -v cur="$cur" '$0 < cur' | tail -3); do
+      cp "$DATA/pg_wal/$f" "$T/segs/"
+    done
+    (for f in "$T"/segs/*; do cp "$f" "$MNT/wal/" && echo "$(basename "$f")" >>"$T/pushed"; done) 2>/dev/null &
+    P=$!
+    "$PGBACKFS" gc "$REPO" >"$T/gc.out" 2>&1 &
+    G=$!
+    random_sleep "$GC_MS"
+    kill -9 "$DAEMON_PID"
+    GC_KILLS=$((GC_KILLS + 1))
+    wait "$G" "$P" 2>/dev/null || true
+    unmount_dead "$MNT"
+    mount_repo "$REPO" "$MNT"
+    if [ -f "$T/pushed" ]; then
+      while read -r name; do
+        cmp -s "$T/segs/$name" "$MNT/wal/$name" || fail "pushed $name is not intact after the kill"
+        GC_PUSHES=$((GC_PUSHES + 1))
+      done <"$T/pushed"
+      rm -f "$T/pushed"
+    fi
+    "$PGBACKFS" umount "$MNT" >/dev/null || fail "umount"
+    log "gc round $round: daemon killed during a forwarded gc after $SLEPT_MS ms, pushes running"
+  fi
+  verify_ok "$REPO"
+  t0=$(now_ms)
+  "$PGBACKFS" gc "$REPO" >"$T/gc.out" 2>&1 || { cat "$T/gc.out"; fail "gc after the kill"; }
+  GC_MS=$(($(now_ms) - t0))
+  verify_ok "$REPO"
+done
+check_sealed "$("$PGBACKFS" list "$REPO" --json | jq -r '[.snapshots[] | select(.kind == "sealed-clone")][-1].id')"
+summary kill-backup-seal-gc backup_kills="$BACKUP_KILLS" seal_kills="$SEAL_KILLS" \
+  expire_kills="$EXPIRE_KILLS" gc_kills="$GC_KILLS" pushes_during_gc_checked="$GC_PUSHES" \
   seals_committed_before_kill="$SEAL_COMMITTED" seals_left_nothing="$SEAL_NOTHING" \
   sealed_snapshots_started="$CHECKED_SEALS" snapshots="$("$PGBACKFS" list "$REPO" --json | jq '.snapshots | length')" \
   bytes_lost=0 partial_visible=0
