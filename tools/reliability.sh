@@ -27,7 +27,7 @@ run() {  # run LOGNAME SCRIPT [ENV=VALUE...]
   fi
 }
 run wal-kill test_fault_wal_kill.sh
-run kill-backup-seal test_fault_kill.sh FAULT_ITERS=$((FAULT_ITERS / 3))
+run kill-backup-seal test_fault_kill.sh FAULT_ITERS=$((FAULT_ITERS / 2))
 for i in $(seq 1 "$ENOSPC_RUNS"); do run "enospc-$i" test_enospc.sh; done
 for i in 1 2 3; do run "corruption-$i" test_backup_restore.sh; done
 echo "$failed failed"

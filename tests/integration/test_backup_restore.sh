@@ -279,8 +279,9 @@ cp -a "$REPO" "$T/copy2"
 SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
 flip_bytes "$FLIP_SEED" "$SST" "$(($(stat -c %s "$SST") / 3))" r
 expect_error 1 "DAMAGED snapshot" "verify after byte flips in $(basename "$SST") (seed $FLIP_SEED)" "$PGBACKFS" verify "$T/copy2"
-grep -E "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" | head -3 >&2 ||
+grep -qE "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" ||
   fail "verify does not name a snapshot, file and offset"
+grep -E "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" | sed -n 1,3p >&2
 check_copy "$T/copy2"
 # One flip in each of the other table files (metadata, the WAL index, more chunks): verify fails
 # and says where (a snapshot and file, or the damaged table file), and no read returns wrong bytes.
