@@ -186,7 +186,7 @@ clone_stop "$MNT" work
 check_sealed "$(sed -n 's/.*as snapshot \([^ ]*\) .*/\1/p' "$T/seal.out")"
 verify_ok "$REPO"
 
-GC_ITERS=$(((ITERS + 3) / 4))
+GC_ITERS=$(((ITERS + 4) / 5))
 EXPIRE_KILLS=0 GC_KILLS=0 GC_PUSHES=0
 log "kill -9 of expire and gc, $GC_ITERS rounds"
 # WAL segments for pushes during a forwarded gc (the source archives nowhere; take its pg_wal).
