@@ -220,9 +220,15 @@ for round in $(seq 1 "$GC_ITERS"); do
   "$PGBACKFS" expire "$REPO" --keep-last 2 >"$T/expire.out" 2>&1 &
   E=$!
   random_sleep "$EXPIRE_MS"
-  kill -9 "$E" 2>/dev/null && EXPIRE_KILLS=$((EXPIRE_KILLS + 1))
+  expire_what="finished before the kill"
+  if kill -9 "$E" 2>/dev/null; then
+    EXPIRE_KILLS=$((EXPIRE_KILLS + 1))
+    expire_what="killed before its commit"
+  fi
   wait "$E" 2>/dev/null || true
   after=$(snapshot_ids "$REPO")
+  [ "$expire_what" != "killed before its commit" ] || [ "$after" = "$before" ] ||
+    expire_what="killed after its commit"
   [ "$after" = "$before" ] || [ "$after" = "$planned" ] ||
     fail "after a killed expire: '$after', neither all '$before' nor the plan '$planned'"
   verify_ok "$REPO"
@@ -233,9 +239,13 @@ for round in $(seq 1 "$GC_ITERS"); do
     "$PGBACKFS" gc "$REPO" >"$T/gc.out" 2>&1 &
     G=$!
     random_sleep "$GC_MS"
-    kill -9 "$G" 2>/dev/null && GC_KILLS=$((GC_KILLS + 1))
+    gc_what="finished before the kill at"
+    if kill -9 "$G" 2>/dev/null; then
+      GC_KILLS=$((GC_KILLS + 1))
+      gc_what="killed after"
+    fi
     wait "$G" 2>/dev/null || true
-    log "gc round $round: standalone gc killed after $SLEPT_MS ms (of ~$GC_MS); expire killed $([ "$after" = "$before" ] && echo before || echo after) its commit"
+    log "gc round $round: expire $expire_what; standalone gc $gc_what $SLEPT_MS ms (of ~$GC_MS)"
   else
     mount_repo "$REPO" "$MNT"
     # Pushes of this cluster's WAL (re-pushes of the same bytes are acknowledged too).
@@ -265,7 +275,7 @@ for round in $(seq 1 "$GC_ITERS"); do
       rm -f "$T/pushed"
     fi
     "$PGBACKFS" umount "$MNT" >/dev/null || fail "umount"
-    log "gc round $round: daemon killed during a forwarded gc after $SLEPT_MS ms, pushes running"
+    log "gc round $round: expire $expire_what; daemon killed during a forwarded gc after $SLEPT_MS ms, pushes running"
   fi
   verify_ok "$REPO"
   t0=$(now_ms)
