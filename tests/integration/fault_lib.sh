@@ -39,6 +39,16 @@ random_sleep() {
 
 now_ms() { date +%s%3N; }
 
+# kill_at_random PID MAX_MS: kill -9 of PID after a random time in [0, MAX_MS) ms (SLEPT_MS), then
+# waits for it. KILLED=1 if it was still running, 0 if it had finished first (exit code in RC).
+kill_at_random() {
+  local pid=$1
+  random_sleep "$2"
+  KILLED=0 RC=0
+  if kill -9 "$pid" 2>/dev/null; then KILLED=1; fi
+  wait "$pid" 2>/dev/null || RC=$?
+}
+
 # clone_start MNT NAME: starts postgres on MNT/clones/NAME (log $T/NAME.log), waits until it is
 # read-write, sets CPORT.
 clone_start() {

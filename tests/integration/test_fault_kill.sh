@@ -218,17 +218,11 @@ for round in $(seq 1 "$GC_ITERS"); do
   EXPIRE_MS=$((($(now_ms) - t0) * 3 / 2))
   planned=$(jq -r '.snapshots[] | select(.kept) | .id' "$T/plan.json" | sort | tr '\n' ' ')
   "$PGBACKFS" expire "$REPO" --keep-last 2 >"$T/expire.out" 2>&1 &
-  E=$!
-  random_sleep "$EXPIRE_MS"
-  expire_what="finished before the kill"
-  if kill -9 "$E" 2>/dev/null; then
-    EXPIRE_KILLS=$((EXPIRE_KILLS + 1))
-    expire_what="killed before its commit"
-  fi
-  wait "$E" 2>/dev/null || true
+  kill_at_random $! "$EXPIRE_MS"
+  EXPIRE_KILLS=$((EXPIRE_KILLS + KILLED))
   after=$(snapshot_ids "$REPO")
-  [ "$expire_what" != "killed before its commit" ] || [ "$after" = "$before" ] ||
-    expire_what="killed after its commit"
+  expire_what="finished before the kill"
+  [ "$KILLED" = 0 ] || expire_what="killed $([ "$after" = "$before" ] && echo before || echo after) its commit"
   [ "$after" = "$before" ] || [ "$after" = "$planned" ] ||
     fail "after a killed expire: '$after', neither all '$before' nor the plan '$planned'"
   verify_ok "$REPO"
@@ -237,14 +231,10 @@ for round in $(seq 1 "$GC_ITERS"); do
   t0=$(now_ms)
   if [ $((round % 2)) = 1 ]; then
     "$PGBACKFS" gc "$REPO" >"$T/gc.out" 2>&1 &
-    G=$!
-    random_sleep "$GC_MS"
+    kill_at_random $! "$GC_MS"
+    GC_KILLS=$((GC_KILLS + KILLED))
     gc_what="finished before the kill at"
-    if kill -9 "$G" 2>/dev/null; then
-      GC_KILLS=$((GC_KILLS + 1))
-      gc_what="killed after"
-    fi
-    wait "$G" 2>/dev/null || true
+    [ "$KILLED" = 0 ] || gc_what="killed after"
     log "gc round $round: expire $expire_what; standalone gc $gc_what $SLEPT_MS ms (of ~$GC_MS)"
   else
     mount_repo "$REPO" "$MNT"
