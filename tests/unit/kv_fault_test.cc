@@ -130,7 +130,10 @@ TEST_F(KvFaultTest, ManyFullDiskEpisodesLoseNothingAcknowledged) {
       ASSERT_TRUE(kv_->Flush().ok());
     }
   }
-  EXPECT_EQ(refused.size(), 8u * 4u);
+  // The writes while full are refused; rarely the first one after a resume is too (RocksDB hits
+  // the log whose write failed once more before the new one takes over).
+  EXPECT_GE(refused.size(), 8u * 4u);
+  EXPECT_LE(refused.size(), 8u * 4u + 4u);
   ASSERT_TRUE(kv_->Sync().ok());
   Open();
   for (const auto& key : acknowledged) {
