@@ -19,6 +19,7 @@ namespace {
 constexpr char kConfigFile[] = "/pgbackfs.json";
 constexpr char kDbDir[] = "/db";
 constexpr char kLockFile[] = "/lock";
+constexpr off_t kMaxConfigBytes = 64 << 10;
 }  // namespace
 
 int RepoConfig::zstd_level() const {
@@ -113,12 +114,24 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
   if (!S_ISDIR(st.st_mode)) {
     return Status::FailedPrecondition("'" + path + "' is not a directory");
   }
+  // A FIFO or a device under the config file's name would block or never end a read.
+  const std::string config_path = path + kConfigFile;
+  if (stat(config_path.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return Status::FailedPrecondition("'" + path +
+                                        "' is not a pgbackfs repository (no pgbackfs.json; "
+                                        "create one with 'pgbackfs init')");
+    }
+    return Status::FromErrno(errno, "stat '" + config_path + "'");
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size > kMaxConfigBytes) {
+    return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository ('" +
+                                      config_path + "' is not a small regular file)");
+  }
   std::string text;
-  Status s = ReadSmallFile(path + kConfigFile, &text);
+  Status s = ReadSmallFile(config_path, &text);
   if (s.IsNotFound()) {
-    return Status::FailedPrecondition("'" + path +
-                                      "' is not a pgbackfs repository (no pgbackfs.json; create "
-                                      "one with 'pgbackfs init')");
+    return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository");
   }
   RETURN_IF_ERROR(s);
   RepoConfig config;
@@ -128,6 +141,10 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
       return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository");
     }
     config.format_version = j.at("format_version").get<int>();
+    if (config.format_version < 1) {
+      return Status::Corruption("bad '" + config_path + "': unknown format version " +
+                                std::to_string(config.format_version));
+    }
     if (config.format_version > kFormatVersion) {
       return Status::FailedPrecondition("repository '" + path + "' has format version " +
                                         std::to_string(config.format_version) +
