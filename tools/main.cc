@@ -29,7 +29,7 @@ class LocalRepoProvider : public pgbackfs::RepoProvider {
       // anyway, so only a live daemon can be reached here.
       if (repo.status().code() == pgbackfs::Status::Code::kBusy) {
         std::string socket = pgbackfs::ControlSocketPath(path);
-        if (pgbackfs::ControlSocketAccepts(socket)) throw pgbackfs::ForwardToDaemon{socket};
+        if (pgbackfs::ControlSocketAccepts(socket)) throw pgbackfs::ForwardToDaemon{socket, {}};
       }
       return repo.status();
     }
@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   } catch (const pgbackfs::ForwardToDaemon& forward) {
     fflush(stdout);
     fflush(stderr);
+    args.insert(args.end(), forward.extra_args.begin(), forward.extra_args.end());
     return pgbackfs::ForwardCommand(forward.socket_path, args, io.cwd);
   }
 }
