@@ -106,7 +106,8 @@ checksum_archive "$REPO" >"$T/wal.before"
 # --- usage errors: exit 2 ----------------------------------------------------------------------
 log "usage errors"
 COMMANDS=(init backup list info restore verify mount umount archive-push archive-get
-  "clone create" "clone list" "clone drop" "clone seal" "debug flush" "debug corrupt-chunk")
+  "clone create" "clone list" "clone drop" "clone seal" "debug flush" "debug corrupt-chunk"
+  expire gc)
 bad 2 "usage" "no command" pgbf
 bad 2 "usage" "an unknown command" pgbf explode
 bad 2 "usage" "an unknown global option" pgbf --explode
@@ -148,6 +149,13 @@ bad 2 "usage" "restore --jobs many" pgbf restore "$REPO" "$SNAP" "$T/r" --jobs m
 bad 2 "usage" "backup --max-rate 1" pgbf backup "$REPO" -d "$CONN" --max-rate 1
 bad 2 "usage" "archive-push --lock-timeout soon" pgbf archive-push "$REPO" "$SEGFILE" --lock-timeout soon
 bad 2 "usage" "mount --dir-cache-mib lots" pgbf mount "$REPO" "$MNT" --dir-cache-mib lots
+bad 2 "usage" "expire without a rule" pgbf expire "$REPO"
+bad 2 "usage" "expire --keep-last 0" pgbf expire "$REPO" --keep-last 0
+bad 2 "usage" "expire --keep-last -1" pgbf expire "$REPO" --keep-last -1
+bad 2 "usage" "expire --keep-daily 0" pgbf expire "$REPO" --keep-last 1 --keep-daily 0
+bad 2 "usage" "expire --keep-within soon" pgbf expire "$REPO" --keep-last 1 --keep-within soon
+bad 2 "usage" "expire --keep-within -5d" pgbf expire "$REPO" --keep-last 1 --keep-within -5d
+bad 2 "usage" "gc with an extra argument" pgbf gc "$REPO" extra
 [ ! -e "$T/new" ] && [ ! -e "$T/r" ] || fail "a refused command left something behind"
 
 # --- repositories that are not (usable) repositories: exit 1 -----------------------------------
@@ -212,6 +220,8 @@ for r in "${!WHY[@]}"; do
   bad 1 "$pat" "clone seal in $r" pgbf clone seal "$R" keep --label x
   bad 1 "$pat" "mount of $r" pgbf mount "$R" "$T/mp"
   bad 1 "$pat" "debug flush of $r" pgbf debug flush "$R"
+  bad 1 "$pat" "expire in $r" pgbf expire "$R" --keep-last 1
+  bad 1 "$pat" "gc in $r" pgbf gc "$R"
   [ ! -e "$T/dst" ] && [ ! -e "$T/got" ] || fail "a refused command on $r left output behind"
   mountpoint -q "$T/mp" && fail "$r was mounted"
 done
@@ -235,6 +245,9 @@ bad 1 "unknown snapshot" "debug corrupt-chunk of an unknown snapshot" \
   pgbf debug corrupt-chunk "$REPO" nosuch PG_VERSION
 bad 1 "not found|no such" "debug corrupt-chunk of a missing path" \
   pgbf debug corrupt-chunk "$REPO" "$SNAP" no/such/file
+bad 1 "unknown snapshot|nosuch" "expire --snapshot of an unknown snapshot" pgbf expire "$REPO" --snapshot nosuch
+bad 1 "snapshot" "expire --snapshot ../$SNAP" pgbf expire "$REPO" --snapshot "../$SNAP"
+bad 1 "clone" "expire --snapshot of the snapshot a clone uses" pgbf expire "$REPO" --snapshot "$SNAP"
 bad 1 "clone 'nosuch'" "clone drop of an unknown clone" pgbf clone drop "$REPO" nosuch
 bad 1 "clone 'nosuch'" "clone seal of an unknown clone" pgbf clone seal "$REPO" nosuch --label x
 bad 1 "already exists" "clone create of an existing name" pgbf clone create "$REPO" keep --from "$SNAP"

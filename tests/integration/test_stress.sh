@@ -151,6 +151,7 @@ SWITCHES=0
 while [ "$(date +%s)" -lt "$DEADLINE" ]; do
   sleep 3
   psql_q "$PORT" "select pg_switch_wal()" >/dev/null && SWITCHES=$((SWITCHES + 1))
+  echo "$(($(date +%s) - DEADLINE + DURATION)) $(awk '/VmRSS/ {print $2}' /proc/$DAEMON_PID/status)" >>"$OPS/rss"
 done
 STATUS=0
 for p in "${PIDS[@]}"; do wait "$p" || STATUS=1; done
@@ -201,5 +202,6 @@ B_N=$(cat "$OPS/backups")
 TPS_SRC=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OPS/pgbench-source.log" | head -1)
 TPS_CLONE=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$OPS/pgbench-clone.log" | head -1)
 TX_CLONE=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$OPS/pgbench-clone.log")
-echo "stress: ${DURATION}s; cp pushes $W_N by $WRITERS writers ($((W_N - W_DUP)) first, $W_DUP identical re-pushes) of ${#SEGS[@]} pool segments; archiver pushed $ARCHIVED (0 failed, $SWITCHES switches); O_DIRECT reads $R_N files ($((R_BYTES / 1048576)) MiB) all matching; pg_verifybackup runs $R_VER; backups committed during the stress $B_N; pgbench source ${TPS_SRC} tps, clone ${TPS_CLONE} tps ($TX_CLONE transactions, $CLONE_ROWS history rows); archived files compared $compared; snapshots at the end $NSNAP; daemon RSS ${RSS_BEFORE} -> ${RSS_AFTER} KiB; verify ok"
+echo "stress: ${DURATION}s; cp pushes $W_N by $WRITERS writers ($((W_N - W_DUP)) first, $W_DUP identical re-pushes) of ${#SEGS[@]} pool segments; archiver pushed $ARCHIVED (0 failed, $SWITCHES switches); O_DIRECT reads $R_N files ($((R_BYTES / 1048576)) MiB) all matching; pg_verifybackup runs $R_VER; backups committed during the stress $B_N; pgbench source ${TPS_SRC} tps, clone ${TPS_CLONE} tps ($TX_CLONE transactions, $CLONE_ROWS history rows); archived files compared $compared; snapshots at the end $NSNAP; daemon RSS ${RSS_BEFORE} -> ${RSS_AFTER} KiB (max $(sort -k2 -n "$OPS/rss" | tail -1 | cut -d' ' -f2)); verify ok"
+log "daemon RSS (s KiB): $(tr '\n' ',' <"$OPS/rss")"
 log "PASS"
