@@ -450,10 +450,39 @@ Status WalArchive::ValidateSegment(const std::string& name, const WalFileName& p
   return Status::OK();
 }
 
+namespace {
+// A .history file PostgreSQL could not read itself ("syntax error in history file") is bad
+// input: once archived it could never be removed, and every verify would fail on it.
+Status CheckHistoryFile(WalArchive* archive, const std::string& name, const WalFileName& parsed,
+                        const FileData& data) {
+  constexpr uint64_t kMaxHistoryBytes = 16 << 20;  // about 100 bytes per timeline switch
+  if (data.size > kMaxHistoryBytes) {
+    return Status::InvalidArgument("timeline history file '" + name + "' has " +
+                                   std::to_string(data.size) + " bytes, more than " +
+                                   std::to_string(kMaxHistoryBytes));
+  }
+  WalFileInfo info;
+  info.name = name;
+  info.kind = parsed.kind;
+  info.data = data;
+  std::string content;
+  RETURN_IF_ERROR(archive->ReadFile(info, [&](std::string_view piece) {
+    content.append(piece);
+    return Status::OK();
+  }));
+  TimelineHistory history;
+  return TimelineHistory::Parse(parsed.tli, content, &history)
+      .WithContext("refusing timeline history file '" + name + "'");
+}
+}  // namespace
+
 Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed,
                               const FileData& data, std::string_view head) {
   if (data.size == 0) {
     return Status::InvalidArgument("WAL file " + Quoted(name) + " is empty");
+  }
+  if (parsed.kind == WalFileKind::kHistory) {
+    RETURN_IF_ERROR(CheckHistoryFile(this, name, parsed, data));
   }
   std::lock_guard<std::mutex> lock(CommitMutex());
   ASSIGN_OR_RETURN(uint64_t stored_seg_size, ReadSegmentSize());
