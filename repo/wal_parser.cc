@@ -127,7 +127,7 @@ bool ParseHex32(std::string_view s, uint32_t* out) {
   uint32_t v = 0;
   for (char c : s) {
     int d = HexDigit(c);
-    if (d < 0) return false;
+    if (d < 0 || (c >= 'a' && c <= 'f')) return false;  // PostgreSQL writes upper case
     v = v << 4 | static_cast<uint32_t>(d);
   }
   *out = v;
@@ -187,12 +187,14 @@ Result<uint64_t> ParseLsn(std::string_view text) {
 
 std::string FormatTimestampTz(int64_t ts) {
   int64_t secs = TimestampTzToUnixSeconds(ts);
-  int64_t micros = ts - UnixSecondsToTimestampTz(secs);
+  int64_t micros = ts % 1000000;
+  if (micros < 0) micros += 1000000;
   time_t t = static_cast<time_t>(secs);
   struct tm tm;
-  gmtime_r(&t, &tm);
   char date[40];
-  strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+  if (!gmtime_r(&t, &tm) || strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm) == 0) {
+    return "(time " + std::to_string(ts) + " out of range)";  // damaged input only
+  }
   char buf[64];
   snprintf(buf, sizeof(buf), "%s.%06" PRId64 " UTC", date, micros);
   return buf;

@@ -86,10 +86,11 @@ Outcome Run(std::string_view archive, size_t piece) {
     s = reader.Feed(archive.substr(0, n));
     archive.remove_prefix(n);
   }
-  if (s.ok()) s = reader.Finish();
-  // A stream that ends well ends outside any file; errors stay errors.
-  if (s.ok()) FUZZ_CHECK(!sink.in_file());
+  // Errors from Feed are sticky.
   if (!s.ok()) FUZZ_CHECK(!reader.Feed("x").ok());
+  if (s.ok()) s = reader.Finish();
+  // A stream that ends well ends outside any file.
+  if (s.ok()) FUZZ_CHECK(!sink.in_file());
   return {s.ok(), sink.log()};
 }
 

@@ -6,21 +6,21 @@
 #include <cstdlib>
 #include <string>
 
-#define FUZZ_CHECK(cond)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
+#define FUZZ_CHECK(cond)                                                                 \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
       std::fprintf(stderr, "%s:%d: FUZZ_CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                 \
-    }                                                                               \
+      std::abort();                                                                      \
+    }                                                                                    \
   } while (0)
 
-#define FUZZ_CHECK_MSG(cond, msg)                                                              \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
+#define FUZZ_CHECK_MSG(cond, msg)                                                           \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
       std::fprintf(stderr, "%s:%d: FUZZ_CHECK failed: %s: %s\n", __FILE__, __LINE__, #cond, \
-                   std::string(msg).c_str());                                                  \
-      std::abort();                                                                            \
-    }                                                                                          \
+                   std::string(msg).c_str());                                               \
+      std::abort();                                                                         \
+    }                                                                                       \
   } while (0)
 
 namespace pgbackfs::fuzz {

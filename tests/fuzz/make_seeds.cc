@@ -61,7 +61,8 @@ void TarSeeds(const std::vector<std::string>& tars) {
     Write("fuzz_tar", name + "-cut7", Byte(7) + tar);
     // The COPY stream BASE_BACKUP sends: new archive, data in pieces, progress, the manifest.
     std::string stream = Message(std::string("nbase.tar\0\0", 11));
-    for (size_t off = 0; off < tar.size(); off += 1000) stream += Message("d" + tar.substr(off, 1000));
+    for (size_t off = 0; off < tar.size(); off += 1000)
+      stream += Message("d" + tar.substr(off, 1000));
     stream += Message(std::string("p\0\0\0\0\0\0\x10\0", 9));
     stream += Message("m");
     stream += Message("d" + manifest);
@@ -166,7 +167,9 @@ void WalSeeds(const std::string& head_path) {
   std::string tli;
   PutFixed32(&tli, 3);
   Write("fuzz_wal_index", "history",
-        Byte(0) + tli + "1\t0/3000000\tno recovery target specified\n\n# comment\n2\t0/5000A8\tat restore point \"x\"\n");
+        Byte(0) + tli +
+            "1\t0/3000000\tno recovery target specified\n\n# comment\n2\t0/5000A8\tat restore "
+            "point \"x\"\n");
   Write("fuzz_wal_index", "name-segment", Byte(1) + "000000010000000000000009");
   Write("fuzz_wal_index", "name-partial", Byte(1) + "000000020000000100000042.partial");
   Write("fuzz_wal_index", "name-history", Byte(1) + "00000002.history");
@@ -175,14 +178,12 @@ void WalSeeds(const std::string& head_path) {
   Write("fuzz_wal_index", "time", Byte(2) + "2026-11-22 02:19:46.038306 UTC");
   Write("fuzz_wal_index", "page-header", Byte(3) + head.substr(0, 40));
 
-  WalParser real("000000010000000000000009", {.tolerant = true},
-                 [&](const WalEvent& e) {
-                   std::string enc;
-                   e.EncodeTo(&enc);
-                   Write("fuzz_wal_index", std::string("event-") + WalEventTypeName(e.type),
-                         Byte(5) + enc);
-                   return Status::OK();
-                 });
+  WalParser real("000000010000000000000009", {.tolerant = true}, [&](const WalEvent& e) {
+    std::string enc;
+    e.EncodeTo(&enc);
+    Write("fuzz_wal_index", std::string("event-") + WalEventTypeName(e.type), Byte(5) + enc);
+    return Status::OK();
+  });
   (void)real.Feed(head);
   (void)real.Finish();
   WalSegmentRecord rec;

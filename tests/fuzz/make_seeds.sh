@@ -14,7 +14,7 @@ head -c 9000 /dev/zero | tr '\0' 'x' >"$tmp/d/base/1/1259"
 ln -s /var/lib/postgresql/ts "$tmp/d/pg_tblspc_link"
 long=$(printf 'n%.0s' {1..120})
 mkdir -p "$tmp/d/$long" && printf 'long\n' >"$tmp/d/$long/$long"
-opts=(--owner=0 --group=0 --numeric-owner --mtime=2026-11-22 --sort=name -C "$tmp/d")
+opts=(--blocking-factor=1 --owner=0 --group=0 --numeric-owner --mtime=2026-11-22 --sort=name -C "$tmp/d")
 tar --format=ustar "${opts[@]}" -cf "$tmp/ustar.tar" PG_VERSION base global pg_tblspc_link
 tar --format=gnu "${opts[@]}" -cf "$tmp/gnu-longname.tar" .
 tar --format=pax "${opts[@]}" -cf "$tmp/pax-longname.tar" "$long" PG_VERSION
