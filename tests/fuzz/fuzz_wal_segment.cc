@@ -106,7 +106,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(s.bytes == in.size());
   if (whole.status.ok() && s.seg_size) {
     FUZZ_CHECK(IsValidWalSegmentSize(s.seg_size));
-    FUZZ_CHECK(s.end_lsn <= s.start_lsn + s.seg_size);
+    FUZZ_CHECK_MSG(s.end_lsn - s.start_lsn <= s.seg_size,  // the last segment ends at 2^64
+                   FormatLsn(s.start_lsn) + " + " + std::to_string(s.seg_size) + " < " +
+                       FormatLsn(s.end_lsn) + " (" + WalEndName(s.end) + ", " +
+                       std::to_string(s.records) + " records, last " + FormatLsn(s.last_lsn) +
+                       ", bytes " + std::to_string(s.bytes) + ")");
     if (s.records) {
       FUZZ_CHECK(s.first_lsn <= s.last_lsn);
       FUZZ_CHECK(s.last_lsn < s.end_lsn);
