@@ -12,6 +12,7 @@
 
 #include "repo/coding.h"
 #include "repo/file_util.h"
+#include "repo/json_util.h"
 
 namespace pgbackfs {
 
@@ -127,17 +128,17 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
     if (j.value("tool", "") != "pgbackfs") {
       return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository");
     }
-    config.format_version = j.at("format_version").get<int>();
+    config.format_version = JsonInt<int>(j, "format_version");
     if (config.format_version > kFormatVersion) {
       return Status::FailedPrecondition("repository '" + path + "' has format version " +
                                         std::to_string(config.format_version) +
                                         ", newer than this pgbackfs supports (" +
                                         std::to_string(kFormatVersion) + "); upgrade pgbackfs");
     }
-    config.chunk_size = j.at("chunk_size").get<size_t>();
+    config.chunk_size = JsonInt<size_t>(j, "chunk_size");
     config.compression = j.at("compression").get<std::string>();
     config.repository_id = j.value("repository_id", "");
-    config.created = j.value("created", int64_t{0});
+    config.created = JsonIntOr<int64_t>(j, "created", 0);
   } catch (const std::exception& e) {
     return Status::Corruption("bad '" + path + kConfigFile + "': " + e.what());
   }

@@ -651,8 +651,12 @@ Status WalParser::ProcessPage(const char* page) {
       cont = std::move(c).value();
     }
     if (cont && (info & kXlpFirstIsContrecord)) {
+      // The continuation comes from the WAL index: damaged, it must not place the record
+      // elsewhere (its start before this segment, with at least have_len bytes in between).
       if (cont->resume_lsn != summary_.start_lsn || cont->seg_size != summary_.seg_size ||
-          cont->page_tli > page_tli_ ||
+          cont->page_tli > page_tli_ || cont->have_len >= cont->total_len ||
+          cont->record_lsn >= cont->resume_lsn ||
+          cont->resume_lsn - cont->record_lsn < cont->have_len ||
           cont->kept.size() < std::min(cont->have_len, layout_->record_header))
         return Fail(page_lsn, "the previous segment's unfinished record at " +
                                   FormatLsn(cont->record_lsn) + " does not lead here");
