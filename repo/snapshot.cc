@@ -46,7 +46,7 @@ Status Entry::DecodeFrom(Decoder* in, Entry* e) {
   e->name.assign(name);
   e->link_target.assign(link);
   if (e->name.empty() || e->name.find('/') != std::string::npos || e->name == "." ||
-      e->name == "..") {
+      e->name == ".." || e->name.find('\0') != std::string::npos) {
     return Status::Corruption("bad entry name '" + e->name + "'");
   }
   return Status::OK();
