@@ -109,8 +109,22 @@ Result<std::shared_ptr<const std::string>> TreeReader::Block(const ChunkId& id, 
   return block;
 }
 
+Status TreeReader::CheckShape() const {
+  // A tree of height h holds at most kTreeFanout^h leaves; a file record claiming more (damage)
+  // would otherwise read one leaf in place of others, or past the end of an index block.
+  uint64_t capacity = 1;
+  for (int h = 0; h < file_.root.height && capacity <= leaves_; ++h) capacity *= kTreeFanout;
+  if (leaves_ > capacity) {
+    return Status::Corruption("chunk tree " + file_.root.id.Hex() + " of height " +
+                              std::to_string(file_.root.height) + " cannot hold a file of " +
+                              std::to_string(file_.size) + " bytes");
+  }
+  return Status::OK();
+}
+
 Result<ChunkId> TreeReader::Leaf(uint64_t index) {
   if (index >= leaves_) return Status::InvalidArgument("leaf index past the end of the file");
+  RETURN_IF_ERROR(CheckShape());
   ChunkId id = file_.root.id;
   uint64_t first = 0;  // first leaf under the current node
   for (int h = file_.root.height; h > 0; --h) {
@@ -142,6 +156,7 @@ Status TreeReader::Walk(int height, const ChunkId& id, uint64_t first_leaf,
 Status TreeReader::ForEachLeaf(const std::function<Status(uint64_t, const ChunkId&)>& fn,
                                const std::function<Status(const ChunkId&)>& on_block) {
   if (leaves_ == 0) return Status::OK();
+  RETURN_IF_ERROR(CheckShape());
   return Walk(file_.root.height, file_.root.id, 0, fn, on_block);
 }
 

@@ -83,6 +83,7 @@ class TreeReader {
  private:
   Result<std::shared_ptr<const std::string>> Block(const ChunkId& id, uint64_t children);
   uint64_t Span(int height) const;  // leaves under one node of `height`
+  Status CheckShape() const;        // Corruption if the height cannot hold the file's leaves
   Status Walk(int height, const ChunkId& id, uint64_t first_leaf,
               const std::function<Status(uint64_t, const ChunkId&)>& fn,
               const std::function<Status(const ChunkId&)>& on_block);

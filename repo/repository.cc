@@ -12,6 +12,7 @@
 
 #include "repo/coding.h"
 #include "repo/file_util.h"
+#include "repo/json_util.h"
 
 namespace pgbackfs {
 
@@ -169,7 +170,7 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
     config.chunk_size = chunk_size.get<size_t>();
     config.compression = j.at("compression").get<std::string>();
     config.repository_id = j.value("repository_id", "");
-    config.created = j.value("created", int64_t{0});
+    config.created = JsonIntOr<int64_t>(j, "created", 0);
   } catch (const std::exception& e) {
     return Status::Corruption("bad '" + path + kConfigFile + "': " + e.what());
   }
