@@ -171,7 +171,8 @@ void FuseMount::Unmount() {
 }
 
 Status FuseMount::Serve(const std::function<void(const Status&)>& on_ready) {
-  if (fuse_set_signal_handlers(session_) != 0) {
+  const bool signals = options_.handle_signals;
+  if (signals && fuse_set_signal_handlers(session_) != 0) {
     return Status::IOError("cannot install signal handlers: " + TakeFuseError());
   }
   std::thread ready([this, &on_ready] {
@@ -190,16 +191,18 @@ Status FuseMount::Serve(const std::function<void(const Status&)>& on_ready) {
 
   // Only this thread, and the workers the loop starts from it, take the termination signals.
   sigset_t set = TerminationSignals();
-  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+  if (signals) pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
   fuse_loop_config* config = fuse_loop_cfg_create();
   fuse_loop_cfg_set_clone_fd(config, 1);
   fuse_loop_cfg_set_max_threads(config, kMaxThreads);
   fuse_loop_cfg_set_idle_threads(config, kIdleThreads);
   int rc = fuse_session_loop_mt(session_, config);
   fuse_loop_cfg_destroy(config);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  fuse_remove_signal_handlers(session_);
-  signal(SIGPIPE, SIG_IGN);  // restored to the default above; forwarded commands may still write
+  if (signals) {
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    fuse_remove_signal_handlers(session_);
+    signal(SIGPIPE, SIG_IGN);  // restored to the default above; forwarded commands may still write
+  }
 
   Unmount();  // also unblocks the ready thread if the loop ended before answering it
   ready.join();

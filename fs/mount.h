@@ -19,6 +19,10 @@ struct MountOptions {
   std::string mountpoint;  // absolute
   bool allow_other = false;
   bool debug = false;  // libfuse's request trace, to the log
+  // Serve() ends on SIGINT/SIGTERM/SIGHUP (the mount daemon). False for a mount served on a
+  // helper thread of a command, which handles those signals itself and ends the mount with
+  // fusermount3 -u.
+  bool handle_signals = true;
   FsOptions fs;
 };
 
@@ -39,8 +43,9 @@ class FuseMount {
   FuseMount& operator=(const FuseMount&) = delete;
 
   // Serves requests on several threads until the filesystem is unmounted (fusermount3 -u) or
-  // SIGINT/SIGTERM/SIGHUP arrives, then unmounts. `on_ready` runs once, on another thread, when
-  // the kernel has been answered a first request (OK), or if that failed.
+  // SIGINT/SIGTERM/SIGHUP arrives (with options.handle_signals), then unmounts. `on_ready` runs
+  // once, on another thread, when the kernel has been answered a first request (OK), or if that
+  // failed.
   Status Serve(const std::function<void(const Status&)>& on_ready);
 
   Filesystem* fs() { return fs_.get(); }

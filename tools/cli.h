@@ -52,6 +52,10 @@ class RepoProvider {
   // In the mount daemon: writes back what the kernel buffers for the mount (its writeback cache
   // of clone files), so that a clone read directly (seal) is complete. Elsewhere nothing.
   virtual Status SyncMount() { return Status::OK(); }
+  // In the mount daemon: where the repository is mounted (absolute). Elsewhere "".
+  virtual std::string mount_point() const { return ""; }
+  // In the mount daemon: whether users other than the daemon's may use the mount (allow_other).
+  virtual bool mount_allows_other() const { return false; }
 };
 
 // What command callbacks share.

@@ -9,7 +9,9 @@
 #include <cerrno>
 
 #include "repo/clone.h"
+#include "repo/wal_parser.h"
 #include "tools/cli.h"
+#include "tools/materialize.h"
 #include "tools/pitr.h"
 
 namespace pgbackfs {
@@ -68,10 +70,32 @@ struct PrepareOptions {
 
 constexpr std::string_view kConfMarker = "# Added by pgbackfs clone create.";
 
-// Makes the clone startable: no stale pid files, and settings appended to postgresql.auto.conf
-// (which postgres reads last, so they win), replacing what an earlier `clone create` appended
-// (a clone of a sealed clone). A base backup (it has a backup_label) gets recovery.signal and the
-// recovery settings: postgres restores the WAL it needs from the archive up to the first
+// `conf` (a postgresql.auto.conf) without what an earlier `clone create` appended (a clone of a
+// sealed clone), followed by the clone's settings: postgres reads that file last, so they win.
+// With `recovery`, also the recovery settings. `note` is a comment line, or "".
+std::string CloneConf(std::string conf, const PrepareOptions& options, bool recovery,
+                      const std::string& note) {
+  size_t earlier = conf.find(kConfMarker);
+  if (earlier != std::string::npos && (earlier == 0 || conf[earlier - 1] == '\n')) {
+    conf.resize(earlier);
+  }
+  if (!conf.empty() && conf.back() != '\n') conf += "\n";
+  conf += std::string(kConfMarker) + " The clone lives at MOUNT/clones/NAME, so the\n";
+  conf += "# archive is ../../wal from the data directory (postgres runs restore_command there).\n";
+  if (!note.empty()) conf += "# " + note + "\n";
+  conf += "port = " + std::to_string(options.port) + "\n";
+  conf += "restore_command = " + QuoteConf("cp ../../wal/%f \"%p\"") + "\n";
+  conf += "recovery_init_sync_method = 'syncfs'\n";
+  conf += "archive_mode = 'off'\n";
+  if (recovery) {
+    for (const auto& [k, v] : options.recovery) conf += k + " = " + QuoteConf(v) + "\n";
+  }
+  return conf;
+}
+
+// Makes the clone startable: no stale pid files, and the clone's settings in
+// postgresql.auto.conf (CloneConf). A base backup (it has a backup_label) gets recovery.signal
+// and the recovery settings: postgres restores the WAL it needs from the archive up to the first
 // consistent point and promotes. Anything else (a sealed clone: a stopped or crashed cluster)
 // starts as it is, with crash recovery from its own pg_wal if it needs any: asking it for a
 // recovery target would fail ("recovery ended before configured recovery target was reached")
@@ -87,24 +111,11 @@ Status PrepareForStart(CloneFs* fs, const PrepareOptions& options) {
   auto attr = fs->LookupPath("postgresql.auto.conf");
   if (attr.ok()) {
     RETURN_IF_ERROR(fs->Read(attr->ino, 0, attr->size, &conf));
-    size_t earlier = conf.find(kConfMarker);
-    if (earlier != std::string::npos && (earlier == 0 || conf[earlier - 1] == '\n')) {
-      conf.resize(earlier);
-    }
-    if (!conf.empty() && conf.back() != '\n') conf += "\n";
   } else if (!attr.status().IsNotFound()) {
     return attr.status();
   }
-  conf += std::string(kConfMarker) + " The clone lives at MOUNT/clones/NAME, so the\n";
-  conf += "# archive is ../../wal from the data directory (postgres runs restore_command there).\n";
-  conf += "port = " + std::to_string(options.port) + "\n";
-  conf += "restore_command = " + QuoteConf("cp ../../wal/%f \"%p\"") + "\n";
-  conf += "recovery_init_sync_method = 'syncfs'\n";
-  conf += "archive_mode = 'off'\n";
-  if (from_backup) {
-    for (const auto& [k, v] : options.recovery) conf += k + " = " + QuoteConf(v) + "\n";
-  }
-  RETURN_IF_ERROR(fs->WriteWholeFile("postgresql.auto.conf", conf));
+  RETURN_IF_ERROR(
+      fs->WriteWholeFile("postgresql.auto.conf", CloneConf(conf, options, from_backup, "")));
   return fs->Fsync();
 }
 
@@ -119,6 +130,8 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
     int port = 0;
     PitrTarget target;
     std::string time, lsn, xid, target_name;
+    bool materialize = false;
+    MaterializeOptions mat;
   };
   auto c = std::make_shared<CreateArgs>();
   CLI::App* create = clone->add_subcommand(
@@ -144,12 +157,33 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
       ->check(CLI::IsMember({"promote", "pause", "shutdown"}));
   create->add_option("--port", c->port, "port the clone's postgres listens on (default: free)")
       ->check(CLI::Range(1, 65535));
+  auto* mat = create->add_flag("--materialize", c->materialize,
+                               "replay the WAL now: the clone starts without replay, as of the "
+                               "target (needs the snapshot's PostgreSQL binaries)");
+  create->add_option("--pg-bin", c->mat.pg_bin, "with --materialize: bin directory of postgres")
+      ->needs(mat);
+  create
+      ->add_option("--pg-user", c->mat.pg_user,
+                   "with --materialize: user postgres runs as (default: the mount's owner; "
+                   "without a mount postgres)")
+      ->needs(mat);
+  create
+      ->add_flag("--progress", c->mat.progress,
+                 "with --materialize: show the replay (default when stderr is a terminal)")
+      ->needs(mat);
   create->callback([c, ctx] {
     if (c->from.empty() && c->time.empty() && c->lsn.empty() && c->xid.empty() &&
         c->target_name.empty() && !c->target.immediate) {
       fprintf(ctx->io->err,
               "pgbackfs: usage error: give --from SNAPSHOT or one of --target-time, --target-lsn, "
               "--target-xid, --target-name, --target-immediate\n");
+      ctx->exit_code = 2;
+      return;
+    }
+    if (c->materialize && c->target.action != "promote") {
+      fprintf(ctx->io->err,
+              "pgbackfs: usage error: --materialize leaves the clone promoted: --target-action "
+              "must be promote\n");
       ctx->exit_code = 2;
       return;
     }
@@ -164,6 +198,7 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
     std::vector<std::pair<std::string, std::string>> recovery = {
         {"recovery_target", "immediate"}, {"recovery_target_action", "promote"}};
     std::string description;
+    ReplayGoal goal;
     if (!c->from.empty()) {
       snap = repo->GetSnapshot(c->from);
     } else {
@@ -172,8 +207,26 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
       snap = plan->snapshot;
       recovery = plan->settings;
       description = plan->description;
+      goal.stop_lsn = plan->stop_lsn;
+      goal.target_unix = plan->target_unix;
     }
     if (!snap.ok()) return ctx->Fail(snap.status());
+    std::unique_ptr<Materializer> materializer;
+    if (c->materialize) {
+      // Everything the replay needs is checked before the clone exists.
+      MaterializeOptions mopts = c->mat;
+      mopts.progress = mopts.progress || ctx->io->err_is_tty;
+      auto m = Materializer::Prepare(repo, ctx->repos, ctx->io, *snap, mopts);
+      if (!m.ok()) return ctx->Fail(m.status());
+      materializer = std::move(m).value();
+      Result<uint64_t> start = ParseLsn(snap->start_lsn);
+      goal.start_lsn = start.ok() ? *start : 0;
+      if (goal.stop_lsn == 0) {
+        Result<uint64_t> end = ParseLsn(snap->end_lsn);
+        goal.stop_lsn = end.ok() ? *end : 0;
+      }
+      goal.description = description.empty() ? "the end of snapshot " + snap->id : description;
+    }
     PrepareOptions options;
     options.port = c->port;
     if (options.port == 0) {
@@ -193,6 +246,37 @@ void AddCloneCommands(CLI::App* app, CliContext* ctx) {
     }
     fprintf(ctx->io->out, "created clone '%s' of snapshot %s (port %d)\n", c->name.c_str(),
             snap->id.c_str(), options.port);
+    fflush(ctx->io->out);
+    if (materializer) {
+      std::string note = "Materialized at " + goal.description +
+                         ": replayed, promoted and shut down by pgbackfs; no recovery settings.";
+      auto report = materializer->Run(c->name, options.port, goal, [&](const std::string& conf) {
+        return CloneConf(conf, options, /*recovery=*/false, note);
+      });
+      if (!report.ok()) {
+        fs->reset();
+        Status dropped = CloneFs::Drop(repo, c->name);
+        return ctx->Fail(Status::IOError(
+            "materialize clone '" + c->name + "': " + report.status().message() +
+            (dropped.ok() ? "\nthe clone was dropped"
+                          : "\nthe clone could not be dropped: " + dropped.message() +
+                                "; drop it with pgbackfs clone drop")));
+      }
+      fprintf(ctx->io->out,
+              "materialized: PostgreSQL %s replayed the WAL to %s in %.1f s, shut down in %.1f s "
+              "(as user %s)\n",
+              report->pg_version.c_str(), goal.description.c_str(),
+              report->seconds - report->shutdown_seconds, report->shutdown_seconds,
+              report->user.c_str());
+      for (const std::string& m : report->messages) {
+        fprintf(ctx->io->out, "  postgres: %s\n", m.c_str());
+      }
+      fprintf(ctx->io->out,
+              "it is promoted and cleanly shut down, and starts without WAL replay: pg_ctl -D "
+              "MOUNT/clones/%s start\n",
+              c->name.c_str());
+      return;
+    }
     if (!description.empty()) {
       fprintf(ctx->io->out, "it recovers to %s when started\n", description.c_str());
     }

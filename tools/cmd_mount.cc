@@ -52,8 +52,8 @@ bool SameFile(const std::string& a, const std::string& b) {
 // Hands forwarded commands the daemon's own repository.
 class DaemonRepoProvider : public RepoProvider {
  public:
-  DaemonRepoProvider(Repository* repo, std::string mountpoint)
-      : repo_(repo), mountpoint_(std::move(mountpoint)) {}
+  DaemonRepoProvider(Repository* repo, std::string mountpoint, bool allow_other)
+      : repo_(repo), mountpoint_(std::move(mountpoint)), allow_other_(allow_other) {}
   Result<Repository*> Get(const std::string& repo_path) override {
     if (repo_path == repo_->path() || SameFile(repo_path, repo_->path())) return repo_;
     return Status::InvalidArgument("the mount daemon of '" + repo_->path() +
@@ -71,10 +71,13 @@ class DaemonRepoProvider : public RepoProvider {
     if (rc != 0) return Status::FromErrno(err, "syncfs '" + mountpoint_ + "'");
     return Status::OK();
   }
+  std::string mount_point() const override { return mountpoint_; }
+  bool mount_allows_other() const override { return allow_other_; }
 
  private:
   Repository* repo_;
   std::string mountpoint_;
+  bool allow_other_;
 };
 
 // Lexically normalized absolute path: no ".", "..", empty parts or trailing slash.
@@ -206,7 +209,7 @@ int RunMountDaemon(const MountArgs& args, const MountOptions& base, int ready_fd
     return 1;
   }
   std::unique_ptr<Repository> repo = std::move(opened).value();
-  DaemonRepoProvider provider(repo.get(), args.mountpoint);
+  DaemonRepoProvider provider(repo.get(), args.mountpoint, base.allow_other);
   auto server =
       ControlServer::Start(ControlSocketPath(args.repo),
                            [&provider](const std::vector<std::string>& argv, CommandIo* cio) {

@@ -1,5 +1,6 @@
 #include "tools/pitr.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
@@ -39,6 +40,11 @@ std::string SnapshotSetting(Repository* repo, const SnapshotInfo& snap, const st
     }
   }
   return value;
+}
+
+// Unix seconds (with a fraction) as a TimestampTz, to the microsecond as postgres compares them.
+int64_t ToTimestampTz(double unix_seconds) {
+  return std::llround((unix_seconds - static_cast<double>(kPgEpochUnixSeconds)) * 1e6);
 }
 
 std::string DescribeWindows(const std::vector<RecoveryWindow>& windows) {
@@ -189,6 +195,8 @@ Result<PitrPlan> PlanPitr(Repository* repo, const PitrTarget& target) {
     plan.settings.push_back({"recovery_target", "immediate"});
     plan.settings.push_back({"recovery_target_action", target.action});
     plan.description = "the end of snapshot " + plan.snapshot.id + " (immediate)";
+    Result<uint64_t> end = ParseLsn(plan.snapshot.end_lsn);
+    plan.stop_lsn = end.ok() ? *end : 0;
     return plan;
   }
 
@@ -198,7 +206,7 @@ Result<PitrPlan> PlanPitr(Repository* repo, const PitrTarget& target) {
     if (!w.consistent || (tli && w.timeline != *tli)) continue;
     bool inside;
     if (target_unix >= 0) {
-      int64_t t = UnixSecondsToTimestampTz(static_cast<int64_t>(target_unix));
+      int64_t t = ToTimestampTz(target_unix);
       inside = (w.start_time == 0 || t >= w.start_time) && w.end_time != 0 && t <= w.end_time;
     } else {
       inside = target_lsn >= w.start_lsn && target_lsn <= w.end_lsn;
@@ -226,8 +234,17 @@ Result<PitrPlan> PlanPitr(Repository* repo, const PitrTarget& target) {
   plan.settings.push_back(
       {"recovery_target_timeline", tli ? std::to_string(*tli) : target.timeline});
   plan.settings.push_back({"recovery_target_action", target.action});
-  plan.description =
-      what + " on timeline " + std::to_string(chosen->timeline) + " from snapshot " + best->id;
+  plan.description = (target.exclusive ? "just before " : "") + what + " on timeline " +
+                     std::to_string(chosen->timeline) + " from snapshot " + best->id;
+  plan.stop_lsn = target_lsn;
+  plan.target_unix = target_unix;
+  if (target_unix >= 0) {
+    plan.stop_lsn = chosen->end_lsn;
+    Result<uint64_t> from = ParseLsn(best->end_lsn);
+    auto match =
+        index.FindTime(chosen->timeline, ToTimestampTz(target_unix), from.ok() ? *from : 0);
+    if (match.ok() && match->at_or_after) plan.stop_lsn = match->at_or_after->lsn;
+  }
   return plan;
 }
 

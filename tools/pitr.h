@@ -24,6 +24,11 @@ struct PitrPlan {
   SnapshotInfo snapshot;
   std::vector<std::pair<std::string, std::string>> settings;  // for postgresql.auto.conf
   std::string description;                                    // for the user
+  // Where replay is expected to stop: exact for LSN, xid and name targets, the first commit at
+  // or after the target for time targets (the window's end if none), the snapshot's end for
+  // immediate. For progress displays only.
+  uint64_t stop_lsn = 0;
+  double target_unix = -1;  // time targets: the target in unix seconds
 };
 
 Result<PitrPlan> PlanPitr(Repository* repo, const PitrTarget& target);

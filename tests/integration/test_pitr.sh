@@ -3,7 +3,8 @@
 # a restore point and a "bad" DELETE, all archived with cp into the mount. Clones recover to a
 # time just before and just after the DELETE, to the DELETE's xid (exclusive), to the restore
 # point and to an LSN; a target inside a deliberate gap of the archive is refused, naming the
-# windows.
+# windows. Materialized clones (--materialize: pgbackfs replays the WAL itself) start with no
+# redo and hold the same rows, also once sealed; without a mount the replay uses a private one.
 # Usage: bash test_pitr.sh PATH_TO_PGBACKFS
 source "$(dirname "$0")/lib.sh" "$1"
 
@@ -65,21 +66,68 @@ clone_count() {
   as_pg "$PGBIN/pg_ctl" -D "$MNT/clones/$name" -m fast -w stop >/dev/null
 }
 
-N=$(clone_count before --target-time "$BEFORE_DELETE")
-[ "$N" = 4000 ] || fail "clone at $BEFORE_DELETE has $N rows, expected 4000"
-log "ok: --target-time before the DELETE: $N rows"
-N=$(clone_count after --target-time "$AFTER_DELETE")
-[ "$N" = 0 ] || fail "clone at $AFTER_DELETE has $N rows, expected 0"
-log "ok: --target-time after the DELETE: $N rows"
-N=$(clone_count xid --target-xid "$DELETE_XID" --target-exclusive)
-[ "$N" = 4000 ] || fail "clone at xid $DELETE_XID (exclusive) has $N rows, expected 4000"
-log "ok: --target-xid $DELETE_XID --target-exclusive: $N rows"
-N=$(clone_count rp --target-name before_delete)
-[ "$N" = 4000 ] || fail "clone at restore point has $N rows, expected 4000"
-log "ok: --target-name before_delete: $N rows"
-N=$(clone_count lsn --target-lsn "$RP_LSN")
-[ "$N" = 4000 ] || fail "clone at LSN $RP_LSN has $N rows, expected 4000"
-log "ok: --target-lsn $RP_LSN: $N rows"
+# rows_ok COUNT EXPECTED WHAT: a clone's row count, checked and logged.
+rows_ok() { [ "$1" = "$2" ] || fail "$3: $1 rows, expected $2"; log "ok: $3: $1 rows"; }
+
+rows_ok "$(clone_count before --target-time "$BEFORE_DELETE")" 4000 "--target-time before the DELETE"
+rows_ok "$(clone_count after --target-time "$AFTER_DELETE")" 0 "--target-time after the DELETE"
+rows_ok "$(clone_count xid --target-xid "$DELETE_XID" --target-exclusive)" 4000 \
+  "--target-xid $DELETE_XID --target-exclusive"
+rows_ok "$(clone_count rp --target-name before_delete)" 4000 "--target-name before_delete"
+rows_ok "$(clone_count lsn --target-lsn "$RP_LSN")" 4000 "--target-lsn $RP_LSN"
+
+# mat_count NAME TARGET-OPTIONS...: a materialized clone; its first start must replay nothing.
+# Prints count(*) of t.
+mat_count() {
+  local name=$1; shift
+  "$PGBACKFS" clone create "$REPO" "$name" "$@" --materialize --progress >"$T/$name.create" 2>&1 || {
+    cat "$T/$name.create" >&2; fail "clone create $name $* --materialize"; }
+  grep -q '^replay: ' "$T/$name.create" || { cat "$T/$name.create" >&2; fail "$name: no progress shown"; }
+  started_count "$name"
+}
+
+# started_count NAME: starts a clone that must need no WAL replay, prints count(*) of t, stops it.
+started_count() {
+  local name=$1 dir=$MNT/clones/$1 port
+  [ ! -e "$dir/recovery.signal" ] || fail "$name: recovery.signal left behind"
+  ! grep -E '^recovery_target' "$dir/postgresql.auto.conf" >/dev/null ||
+    fail "$name: recovery settings left in postgresql.auto.conf"
+  port=$(grep -E '^port = ' "$dir/postgresql.auto.conf" | tail -1 | awk '{print $3}')
+  as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$T/$name.log" -w -t 120 start >/dev/null || {
+    tail -20 "$T/$name.log" >&2; fail "clone $name did not start"; }
+  on_exit "as_pg $PGBIN/pg_ctl -D '$dir' -m immediate stop"
+  grep -q "database system was shut down at" "$T/$name.log" || {
+    cat "$T/$name.log" >&2; fail "$name: not started from a clean shutdown"; }
+  ! grep -q "redo starts at" "$T/$name.log" || { cat "$T/$name.log" >&2; fail "$name: WAL replay at start"; }
+  [ "$(psql_q "$port" "select pg_is_in_recovery()")" = f ] || fail "$name: in recovery"
+  psql_q "$port" "select count(*) from t"
+  as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+}
+
+rows_ok "$(mat_count mat_before --target-time "$BEFORE_DELETE")" 4000 \
+  "--materialize --target-time before the DELETE, no redo at start"
+rows_ok "$(mat_count mat_xid --target-xid "$DELETE_XID" --target-exclusive)" 4000 \
+  "--materialize --target-xid $DELETE_XID --target-exclusive, no redo at start"
+# Sealed, the point in time is a snapshot; a clone of it starts as it is, with the same rows.
+MAT_SNAP=$("$PGBACKFS" clone seal "$REPO" mat_before --label before-delete | sed -n 's/.* as snapshot \([^ ]*\) .*/\1/p')
+[ -n "$MAT_SNAP" ] || fail "clone seal of a materialized clone"
+"$PGBACKFS" clone create "$REPO" mat_sealed --from "$MAT_SNAP" >/dev/null
+rows_ok "$(started_count mat_sealed)" 4000 "clone of sealed materialized clone $MAT_SNAP, no redo at start"
+
+expect_fail "--materialize with missing binaries" "$PGBACKFS" clone create "$REPO" bad5 \
+  --target-time "$BEFORE_DELETE" --materialize --pg-bin /nonexistent
+grep -q "PostgreSQL 15 server binary 'postgres'" "$T/expect_fail.out" &&
+  grep -q "/nonexistent" "$T/expect_fail.out" || fail "the error does not name what it needs"
+# A replay that fails (a stand-in postgres that reports version 15 and dies) fails the command
+# with the server's words, and leaves no clone behind.
+mkdir -p "$T/fakebin"
+printf '#!/bin/sh\n[ "$1" = --version ] && { echo "postgres (PostgreSQL) 15.99"; exit 0; }\necho "FATAL:  simulated replay failure"; exit 1\n' >"$T/fakebin/postgres"
+chmod 755 "$T/fakebin" "$T/fakebin/postgres"
+expect_fail "--materialize with a failing server" "$PGBACKFS" clone create "$REPO" bad6 \
+  --target-time "$BEFORE_DELETE" --materialize --pg-bin "$T/fakebin"
+grep -q "simulated replay failure" "$T/expect_fail.out" || fail "the error lacks the server log"
+! "$PGBACKFS" clone list "$REPO" | grep -q '^bad6 ' || fail "a failed materialization left its clone"
+[ ! -e "$MNT/clones/bad6" ] || fail "a failed materialization left its clone in the mount"
 
 expect_fail "unknown restore point" "$PGBACKFS" clone create "$REPO" bad1 --target-name nope
 expect_fail "unknown xid" "$PGBACKFS" clone create "$REPO" bad2 --target-xid 4000000000
@@ -108,4 +156,13 @@ done
   fail "a target after a gap was accepted: $(cat "$T/gap.out")"
 grep -q "recoverable windows" "$T/gap.out" || { cat "$T/gap.out" >&2; fail "the refusal does not name the windows"; }
 log "ok: a target after a gap is refused: $(tr '\n' ' ' < "$T/gap.out" | head -c 300)"
+
+# Without a mount, --materialize mounts the repository privately for the replay.
+pg_stop "$DATA"  # its archiver writes into the mount
+"$PGBACKFS" umount "$MNT" >/dev/null
+"$PGBACKFS" clone create "$REPO" mat_local --target-time "$BEFORE_DELETE" --materialize >"$T/mat_local.create" 2>&1 || {
+  cat "$T/mat_local.create" >&2; fail "--materialize without a mount"; }
+grep -q "pgbackfs-materialize" /proc/mounts && fail "the private mount is still mounted"
+"$PGBACKFS" mount "$REPO" "$MNT" --owner postgres --allow-other >/dev/null
+rows_ok "$(started_count mat_local)" 4000 "--materialize without a mount (private mount), no redo at start"
 log "PASS"

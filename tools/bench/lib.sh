@@ -20,6 +20,11 @@
 #   bench_timed FILE CMD...    run CMD; write its wall and CPU seconds to FILE
 #   bench_pg_cpu DATADIR       CPU seconds used by a running cluster so far
 #   bench_free_port            a free TCP port on 127.0.0.1
+#   bench_pgbackrest_conf CONF REPO PGDATA PORT [DIR]
+#                              a pgBackRest configuration (stanza bench, zst, process-max 2) for
+#                              the cluster in PGDATA on 127.0.0.1:PORT, socket in $BENCH_W, logs,
+#                              locks and spool under DIR (default $BENCH_W); makes REPO. Then
+#                              pgbr ARGS... runs `pgbackrest --stanza=bench ARGS` as postgres
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_DEFERRED=()
@@ -171,3 +176,30 @@ for pid in os.listdir("/proc"):
 print(f"{total / tck:.2f}")
 PY
 }
+
+bench_pgbackrest_conf() {
+  local conf=$1 repo=$2 pgdata=$3 port=$4 dir=${5:-$BENCH_W}
+  cat >"$conf" <<EOF
+[global]
+repo1-path=$repo
+repo1-retention-full=99
+compress-type=zst
+process-max=2
+start-fast=y
+log-path=$dir/pgbackrest-log
+lock-path=$dir/pgbackrest-lock
+spool-path=$dir/pgbackrest-spool
+log-level-console=warn
+log-level-file=info
+
+[bench]
+pg1-path=$pgdata
+pg1-port=$port
+pg1-socket-path=$BENCH_W
+pg1-user=postgres
+EOF
+  chmod 644 "$conf"
+  mkdir -p "$repo" "$dir/pgbackrest-log" && chown postgres "$repo" "$dir/pgbackrest-log"
+  BENCH_PGBR_CONF=$conf
+}
+pgbr() { runuser -u postgres -- env PGBACKREST_CONFIG="$BENCH_PGBR_CONF" pgbackrest --stanza=bench "$@"; }
