@@ -113,17 +113,30 @@ Status WalFileInfo::DecodeFrom(std::string_view name, std::string_view value, Wa
   return Status::OK();
 }
 
+namespace {
+// The WAL index, able to read other archived files to finish records that cross segments.
+std::unique_ptr<WalIndex> MakeIndex(Repository* repo, WalArchive* archive) {
+  auto index = std::make_unique<WalIndex>(repo);
+  index->SetSegmentFetcher([archive](const std::string& name) -> Result<ByteSource> {
+    ASSIGN_OR_RETURN(WalFileInfo info, archive->Get(name));
+    return ByteSource(
+        [archive, info](const ByteSink& sink) { return archive->ReadFile(info, sink); });
+  });
+  return index;
+}
+}  // namespace
+
 // Streams one file into a FileWriter. Everything it writes is unreferenced until CommitFile
 // writes the record, so a writer dropped at any point leaves nothing visible.
 class WalWriterImpl : public WalWriter {
  public:
-  WalWriterImpl(WalArchive* archive, ChunkStore* store, size_t chunk_size, std::string name,
-                const WalFileName& parsed)
+  WalWriterImpl(WalArchive* archive, Repository* repo, std::string name, const WalFileName& parsed)
       : archive_(archive),
-        store_(store),
-        chunk_size_(chunk_size),
+        store_(repo->chunks()),
+        chunk_size_(repo->config().chunk_size),
         name_(std::move(name)),
         parsed_(parsed) {
+    if (parsed_.kind == WalFileKind::kSegment) index_ = MakeIndex(repo, archive);
     Reset();
   }
 
@@ -172,7 +185,9 @@ class WalWriterImpl : public WalWriter {
     if (committed_ && !dirty_) return last_commit_;
     Status s = Guard([&] { return FinishFile(); });
     if (!s.ok()) return s;
-    last_commit_ = archive_->CommitFile(name_, parsed_, *finished_, head_);
+    last_commit_ =
+        archive_->CommitFile(name_, parsed_, *finished_, head_, index_.get(), parse_.get());
+    parse_.reset();  // finished: a later write starts over (Reopen)
     committed_ = true;
     dirty_ = false;
     return last_commit_;
@@ -203,6 +218,13 @@ class WalWriterImpl : public WalWriter {
     finished_.reset();
     head_.clear();
     size_ = 0;
+    parse_.reset();
+    if (index_) {
+      // The segment is parsed for the WAL index as it streams in, so its commit need not read
+      // it back. Without a parse (never expected: the name was checked), CommitFile reads it.
+      Result<std::unique_ptr<WalSegmentParse>> parse = index_->StartSegment(name_);
+      if (parse.ok()) parse_ = std::move(parse).value();
+    }
   }
 
   // A write after Commit() (or a shrinking Truncate) reopens the finished file.
@@ -217,6 +239,7 @@ class WalWriterImpl : public WalWriter {
       head_.append(data.substr(0, kWalLongPageHeaderSize - head_.size()));
     }
     RETURN_IF_ERROR(file_writer_->Append(data));
+    if (parse_) parse_->Feed(data);
     size_ += data.size();
     return Status::OK();
   }
@@ -266,6 +289,8 @@ class WalWriterImpl : public WalWriter {
   std::unique_ptr<FileWriter> file_writer_;  // uses *chunk_writer_
   std::optional<FileData> finished_;         // set once file_writer_ is finished
   std::string head_;                         // the first bytes, for the page header
+  std::unique_ptr<WalIndex> index_;          // segments only
+  std::unique_ptr<WalSegmentParse> parse_;   // made by *index_, fed what the file gets
   uint64_t size_ = 0;
 
   Status broken_;  // the first failure of the stream, returned by every later call
@@ -279,8 +304,7 @@ WalArchive::WalArchive(Repository* repo) : repo_(repo) {}
 Result<std::unique_ptr<WalWriter>> WalArchive::NewWriter(const std::string& name) {
   WalFileName parsed;
   RETURN_IF_ERROR(ParseWalFileName(std::string_view(name), &parsed));
-  return std::unique_ptr<WalWriter>(std::make_unique<WalWriterImpl>(
-      this, repo_->chunks(), repo_->config().chunk_size, name, parsed));
+  return std::unique_ptr<WalWriter>(std::make_unique<WalWriterImpl>(this, repo_, name, parsed));
 }
 
 Result<WalFileInfo> WalArchive::Get(const std::string& name) {
@@ -326,19 +350,6 @@ std::mutex& WalArchive::CommitMutex() {
   static std::mutex mu;
   return mu;
 }
-
-namespace {
-// The WAL index, able to read other archived files to finish records that cross segments.
-std::unique_ptr<WalIndex> MakeIndex(Repository* repo, WalArchive* archive) {
-  auto index = std::make_unique<WalIndex>(repo);
-  index->SetSegmentFetcher([archive](const std::string& name) -> Result<ByteSource> {
-    ASSIGN_OR_RETURN(WalFileInfo info, archive->Get(name));
-    return ByteSource(
-        [archive, info](const ByteSink& sink) { return archive->ReadFile(info, sink); });
-  });
-  return index;
-}
-}  // namespace
 
 Status WalArchive::IndexBackupSegment(const std::string& name, const FileData& data) {
   std::lock_guard<std::mutex> lock(CommitMutex());
@@ -451,7 +462,8 @@ Status WalArchive::ValidateSegment(const std::string& name, const WalFileName& p
 }
 
 Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed,
-                              const FileData& data, std::string_view head) {
+                              const FileData& data, std::string_view head, WalIndex* index,
+                              WalSegmentParse* parse) {
   if (data.size == 0) {
     return Status::InvalidArgument("WAL file " + Quoted(name) + " is empty");
   }
@@ -485,20 +497,22 @@ Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed
   std::string encoded;
   info.EncodeTo(&encoded);
   KvBatch batch;
-  batch.Put(Cf::kWal, name, encoded);
-  if (seg_size != 0 && stored_seg_size == 0) {
-    batch.Put(Cf::kMeta, kWalSegmentSizeKey, std::to_string(seg_size));
+  std::unique_ptr<WalIndex> own_index;
+  if (!index) {
+    own_index = MakeIndex(repo_, this);
+    index = own_index.get();
   }
-  auto index = MakeIndex(repo_, this);
   if (parsed.kind == WalFileKind::kSegment) {
     // What the segment holds goes into the same write as its record. A segment the parser
     // cannot read is still archived; the index records why (verify and info report it).
-    RETURN_IF_ERROR(
-        index
-            ->PrepareSegment(
-                name, [this, &info](const ByteSink& sink) { return ReadFile(info, sink); }, &batch)
-            .status()
-            .WithContext("index WAL file " + Quoted(name)));
+    ByteSource source = [this, &info](const ByteSink& sink) { return ReadFile(info, sink); };
+    Result<WalSegmentRecord> rec = parse ? index->PrepareParsedSegment(parse, source, &batch)
+                                         : index->PrepareSegment(name, source, &batch);
+    RETURN_IF_ERROR(rec.status().WithContext("index WAL file " + Quoted(name)));
+  }
+  batch.Put(Cf::kWal, name, encoded);
+  if (seg_size != 0 && stored_seg_size == 0) {
+    batch.Put(Cf::kMeta, kWalSegmentSizeKey, std::to_string(seg_size));
   }
   // Synced: once this returns the file (and every chunk written before it) is durable.
   RETURN_IF_ERROR(repo_->kv()->Write(batch, /*sync=*/true));

@@ -15,6 +15,7 @@
 #include "repo/chunk_tree.h"
 #include "repo/repository.h"
 #include "repo/wal_format.h"
+#include "repo/wal_index.h"
 
 namespace pgbackfs {
 
@@ -92,9 +93,11 @@ class WalArchive {
   friend class WalWriterImpl;
 
   // The check-and-write at the end of a writer's life: validates `data` (whose first bytes are
-  // `head`) for `name`, and stores its record unless the name is already taken.
+  // `head`) for `name`, and stores its record unless the name is already taken, with the WAL
+  // index entries of a segment in the same synced write. `parse` (may be null: the segment is
+  // then read back and parsed here) is the writer's parse of the same bytes, made by `index`.
   Status CommitFile(const std::string& name, const WalFileName& parsed, const FileData& data,
-                    std::string_view head);
+                    std::string_view head, WalIndex* index, WalSegmentParse* parse);
   Status ValidateSegment(const std::string& name, const WalFileName& parsed, const FileData& data,
                          std::string_view head, uint64_t stored_seg_size, uint64_t* seg_size);
   Result<uint64_t> ReadSegmentSize();  // one Get; callers that decide on it hold CommitMutex()
