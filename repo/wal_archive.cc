@@ -1,9 +1,13 @@
 #include "repo/wal_archive.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
+#include <condition_variable>
 #include <ctime>
+#include <deque>
 #include <optional>
+#include <thread>
 
 #include "repo/coding.h"
 #include "repo/wal_index.h"
@@ -126,8 +130,105 @@ std::unique_ptr<WalIndex> MakeIndex(Repository* repo, WalArchive* archive) {
 }
 }  // namespace
 
+// Hands one file's bytes to a sink on a thread of its own, in order, so that a write returns once
+// its bytes are queued, and storing them (hashing, compressing, writing chunks, parsing) overlaps
+// with receiving the next ones: `cp` waits for each write's reply before it reads on.
+// Memory: a writer queues at most kMaxQueuedPerWriter bytes, and all writers of the process
+// together kMaxQueuedTotal, beyond one piece each (a writer with an empty queue always may queue,
+// so it never waits for others).
+class Pipeline {
+ public:
+  using Sink = std::function<Status(std::string_view)>;
+  explicit Pipeline(Sink sink) : sink_(std::move(sink)) {}
+  ~Pipeline() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      // The piece being stored stays until the thread is done with it.
+      while (queue_.size() > (busy_ ? 1u : 0u)) {
+        Unaccount(queue_.back().size());
+        queue_.pop_back();
+      }
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // Queues a copy of `data`. Returns the sink's first error so far, if any (nothing more is
+  // stored after one).
+  Status Push(std::string_view data) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      return !error_.ok() || queued_bytes_ == 0 ||
+             (queued_bytes_ + data.size() <= kMaxQueuedPerWriter &&
+              total_queued_.load() + data.size() <= kMaxQueuedTotal);
+    });
+    if (!error_.ok()) return error_;
+    queue_.emplace_back(data);
+    queued_bytes_ += data.size();
+    total_queued_ += data.size();
+    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+    cv_.notify_all();
+    return Status::OK();
+  }
+
+  // Waits until everything queued is stored; returns the sink's first error, if any.
+  Status Drain() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return queue_.empty(); });
+    return error_;
+  }
+
+ private:
+  static constexpr size_t kMaxQueuedPerWriter = 4 << 20;
+  static constexpr size_t kMaxQueuedTotal = 8 << 20;
+
+  void Unaccount(size_t n) {
+    queued_bytes_ -= n;
+    total_queued_ -= n;
+  }
+
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      // The piece stays queued (Drain waits for it) until it is stored.
+      if (error_.ok()) {
+        busy_ = true;
+        std::string_view piece = queue_.front();
+        lock.unlock();
+        Status s = sink_(piece);
+        lock.lock();
+        busy_ = false;
+        if (!s.ok() && error_.ok()) error_ = s;
+      }
+      Unaccount(queue_.front().size());
+      queue_.pop_front();
+      cv_.notify_all();
+    }
+  }
+
+  static inline std::atomic<size_t> total_queued_{0};
+  Sink sink_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> queue_;  // GUARDED_BY(mu_); the front is being stored
+  size_t queued_bytes_ = 0;        // GUARDED_BY(mu_)
+  Status error_;                   // GUARDED_BY(mu_)
+  bool stop_ = false;              // GUARDED_BY(mu_)
+  bool busy_ = false;              // GUARDED_BY(mu_): the thread is storing the front piece
+  std::thread thread_;
+};
+
 // Streams one file into a FileWriter. Everything it writes is unreferenced until CommitFile
 // writes the record, so a writer dropped at any point leaves nothing visible.
+//
+// Writes are checked (order, size) at once and stored in the background (Pipeline): an error
+// storing them comes back from a later call, at the latest from Commit(). Every other call
+// first waits for the pipeline to drain, so only one thread touches the FileWriter at a time.
 class WalWriterImpl : public WalWriter {
  public:
   WalWriterImpl(WalArchive* archive, Repository* repo, std::string name, const WalFileName& parsed)
@@ -135,9 +236,14 @@ class WalWriterImpl : public WalWriter {
         store_(repo->chunks()),
         chunk_size_(repo->config().chunk_size),
         name_(std::move(name)),
-        parsed_(parsed) {
+        parsed_(parsed),
+        pipeline_(std::make_unique<Pipeline>([this](std::string_view d) { return Store(d); })) {
     if (parsed_.kind == WalFileKind::kSegment) index_ = MakeIndex(repo, archive);
     Reset();
+  }
+
+  ~WalWriterImpl() override {
+    pipeline_.reset();  // stops its thread before what it writes to goes
   }
 
   Status Write(uint64_t offset, std::string_view data) override {
@@ -152,8 +258,14 @@ class WalWriterImpl : public WalWriter {
     RETURN_IF_ERROR(CheckMaxSize(offset + data.size()));
     return Guard([&]() -> Status {
       RETURN_IF_ERROR(PrepareAppend());
-      RETURN_IF_ERROR(AppendZeros(offset - size_));
-      return Append(data);
+      for (uint64_t gap = offset - size_; gap > 0;) {
+        std::string_view z = Zeros().substr(0, std::min<uint64_t>(gap, Zeros().size()));
+        RETURN_IF_ERROR(pipeline_->Push(z));
+        gap -= z.size();
+      }
+      RETURN_IF_ERROR(pipeline_->Push(data));
+      size_ = offset + data.size();
+      return Status::OK();
     });
   }
 
@@ -162,6 +274,7 @@ class WalWriterImpl : public WalWriter {
     if (size == size_) return Status::OK();
     RETURN_IF_ERROR(CheckMaxSize(size));
     return Guard([&]() -> Status {
+      RETURN_IF_ERROR(pipeline_->Drain());
       if (size == 0) {
         Reset();
         dirty_ = true;
@@ -183,7 +296,10 @@ class WalWriterImpl : public WalWriter {
   Status Commit() override {
     RETURN_IF_ERROR(broken_);
     if (committed_ && !dirty_) return last_commit_;
-    Status s = Guard([&] { return FinishFile(); });
+    Status s = Guard([&]() -> Status {
+      RETURN_IF_ERROR(pipeline_->Drain());
+      return FinishFile();
+    });
     if (!s.ok()) return s;
     last_commit_ =
         archive_->CommitFile(name_, parsed_, *finished_, head_, index_.get(), parse_.get());
@@ -211,6 +327,7 @@ class WalWriterImpl : public WalWriter {
     return Status::OK();
   }
 
+  // The pipeline is drained (or has never run).
   void Reset() {
     file_writer_.reset();
     chunk_writer_ = std::make_unique<ChunkWriter>(store_);
@@ -227,32 +344,37 @@ class WalWriterImpl : public WalWriter {
     }
   }
 
-  // A write after Commit() (or a shrinking Truncate) reopens the finished file.
+  // A write after Commit() (or a shrinking Truncate) reopens the finished file. The pipeline is
+  // drained whenever finished_ is set.
   Status PrepareAppend() {
     dirty_ = true;
     if (finished_) return Reopen(size_);
     return Status::OK();
   }
 
-  Status Append(std::string_view data) {
+  // Stores the next bytes of the file: on the pipeline's thread, or on the caller's when the
+  // pipeline is drained.
+  Status Store(std::string_view data) {
     if (head_.size() < kWalLongPageHeaderSize) {
       head_.append(data.substr(0, kWalLongPageHeaderSize - head_.size()));
     }
     RETURN_IF_ERROR(file_writer_->Append(data));
     if (parse_) parse_->Feed(data);
-    size_ += data.size();
     return Status::OK();
   }
 
+  // With the pipeline drained.
   Status AppendZeros(uint64_t n) {
     while (n > 0) {
       std::string_view z = Zeros().substr(0, std::min<uint64_t>(n, Zeros().size()));
-      RETURN_IF_ERROR(Append(z));
+      RETURN_IF_ERROR(Store(z));
+      size_ += z.size();
       n -= z.size();
     }
     return Status::OK();
   }
 
+  // With the pipeline drained.
   Status FinishFile() {
     if (finished_) return Status::OK();
     ASSIGN_OR_RETURN(FileData data, file_writer_->Finish());
@@ -263,7 +385,7 @@ class WalWriterImpl : public WalWriter {
   }
 
   // Starts a new file holding the first `keep` bytes of the finished one, read back in pieces so
-  // memory stays bounded.
+  // memory stays bounded. With the pipeline drained.
   Status Reopen(uint64_t keep) {
     FileData old = *finished_;
     Reset();
@@ -274,7 +396,8 @@ class WalWriterImpl : public WalWriter {
       size_t n = static_cast<size_t>(std::min<uint64_t>(kIoPiece, keep - off));
       Status s = reader.Read(off, n, &buf);
       if (!s.ok()) return s.WithContext("reread WAL file " + Quoted(name_));
-      RETURN_IF_ERROR(Append(buf));
+      RETURN_IF_ERROR(Store(buf));
+      size_ += buf.size();
     }
     return Status::OK();
   }
@@ -285,18 +408,21 @@ class WalWriterImpl : public WalWriter {
   const std::string name_;
   const WalFileName parsed_;
 
+  // Used by the pipeline's thread while it runs, by the caller's when it is drained:
   std::unique_ptr<ChunkWriter> chunk_writer_;
   std::unique_ptr<FileWriter> file_writer_;  // uses *chunk_writer_
   std::optional<FileData> finished_;         // set once file_writer_ is finished
   std::string head_;                         // the first bytes, for the page header
   std::unique_ptr<WalIndex> index_;          // segments only
   std::unique_ptr<WalSegmentParse> parse_;   // made by *index_, fed what the file gets
-  uint64_t size_ = 0;
 
-  Status broken_;  // the first failure of the stream, returned by every later call
+  // The caller's only:
+  uint64_t size_ = 0;  // bytes accepted (queued or stored)
+  Status broken_;      // the first failure of the stream, returned by every later call
   bool committed_ = false;
   bool dirty_ = false;  // written since the last Commit()
   Status last_commit_;
+  std::unique_ptr<Pipeline> pipeline_;  // calls Store()
 };
 
 WalArchive::WalArchive(Repository* repo) : repo_(repo) {}
