@@ -28,6 +28,7 @@ constexpr size_t kMaxChunkBytes = 64u << 20;  // a frame claiming more is corrup
 struct ZstdContexts {
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
   ZSTD_DCtx* dctx = ZSTD_createDCtx();
+  std::string buf;  // compression output; grows to the largest chunk's bound
   ~ZstdContexts() {
     ZSTD_freeCCtx(cctx);
     ZSTD_freeDCtx(dctx);
@@ -221,32 +222,33 @@ std::string ChunkStore::EncodeFast(std::string_view raw) const {
 std::string ChunkStore::EncodeAt(std::string_view raw, int zstd_level, const ZstdDictionary* dict) {
   std::string out;
   if (zstd_level > 0) {
+    // Compressed into a per-thread buffer, then copied at its size: sizing the result to the
+    // compression bound would clear (and often fault in) that many bytes per chunk.
+    ZstdContexts& z = ThreadZstd();
+    z.buf.resize(std::max(z.buf.size(), ZSTD_compressBound(raw.size())));
     if (dict && dict->cdict()) {
+      size_t n = ZSTD_compress_usingCDict(z.cctx, z.buf.data(), z.buf.size(), raw.data(),
+                                          raw.size(), dict->cdict());
       constexpr size_t kHeader = 5;  // codec, dictionary id
-      out.resize(kHeader + ZSTD_compressBound(raw.size()));
-      size_t n =
-          ZSTD_compress_usingCDict(ThreadZstd().cctx, out.data() + kHeader, out.size() - kHeader,
-                                   raw.data(), raw.size(), dict->cdict());
       if (!ZSTD_isError(n) && kHeader + n < 1 + raw.size()) {
-        out.resize(kHeader + n);
-        std::string header;
-        header.push_back(static_cast<char>(kCodecZstdDict));
-        PutFixed32(&header, dict->id());
-        out.replace(0, kHeader, header);
+        out.reserve(kHeader + n);
+        out.push_back(static_cast<char>(kCodecZstdDict));
+        PutFixed32(&out, dict->id());
+        out.append(z.buf.data(), n);
         return out;
       }
     } else {
-      out.resize(1 + ZSTD_compressBound(raw.size()));
-      size_t n = ZSTD_compressCCtx(ThreadZstd().cctx, out.data() + 1, out.size() - 1, raw.data(),
-                                   raw.size(), zstd_level);
+      size_t n =
+          ZSTD_compressCCtx(z.cctx, z.buf.data(), z.buf.size(), raw.data(), raw.size(), zstd_level);
       if (!ZSTD_isError(n) && n < raw.size()) {
-        out[0] = static_cast<char>(kCodecZstd);
-        out.resize(1 + n);
+        out.reserve(1 + n);
+        out.push_back(static_cast<char>(kCodecZstd));
+        out.append(z.buf.data(), n);
         return out;
       }
     }
   }
-  out.clear();
+  out.reserve(1 + raw.size());
   out.push_back(static_cast<char>(kCodecRaw));
   out.append(raw);
   return out;
@@ -578,7 +580,17 @@ Status ChunkWriter::Flush(bool sync) {
   if (batch_.empty()) {
     return sync ? store_->kv()->Sync() : Status::OK();
   }
-  Status s = store_->kv()->Write(batch_, sync);
+  // Chunk ids are random. In key order, RocksDB's memtable finds each insert's place from the
+  // one before it (its skiplist keeps the last insert's path) instead of from the top, which on
+  // a large memtable is a cache miss per level.
+  std::vector<const KvBatch::Op*> ops;
+  ops.reserve(batch_.ops().size());
+  for (const KvBatch::Op& op : batch_.ops()) ops.push_back(&op);
+  std::sort(ops.begin(), ops.end(),
+            [](const KvBatch::Op* a, const KvBatch::Op* b) { return a->key < b->key; });
+  KvBatch sorted;
+  for (const KvBatch::Op* op : ops) sorted.Put(op->cf, op->key, op->value);
+  Status s = store_->kv()->Write(sorted, sync);
   batch_.Clear();
   pending_.clear();
   return s;

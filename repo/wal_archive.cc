@@ -56,6 +56,11 @@ bool KindFromCode(uint8_t code, WalFileKind* kind) {
 // Pieces in which writers replay, fill gaps, and readers hand data out.
 constexpr size_t kIoPiece = 1 << 20;
 
+// Encoded chunks a writer gathers before it writes them (unsynced). WAL compresses 10-20x, so
+// this is a few MiB of a segment: most of a segment's chunks are written while the next bytes
+// arrive, and little is left for the commit, which the writer's close() waits for.
+constexpr size_t kChunkBatchBytes = 512 << 10;
+
 std::string_view Zeros() {
   static const std::string* zeros = new std::string(64 << 10, '\0');
   return *zeros;
@@ -166,7 +171,14 @@ class Pipeline {
               total_queued_.load() + data.size() <= kMaxQueuedTotal);
     });
     if (!error_.ok()) return error_;
-    queue_.emplace_back(data);
+    // A buffer from an earlier piece: no allocation (and no fresh pages) per write.
+    std::string buf;
+    if (!spare_.empty()) {
+      buf = std::move(spare_.back());
+      spare_.pop_back();
+    }
+    buf.assign(data);
+    queue_.push_back(std::move(buf));
     queued_bytes_ += data.size();
     total_queued_ += data.size();
     if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
@@ -184,6 +196,7 @@ class Pipeline {
  private:
   static constexpr size_t kMaxQueuedPerWriter = 4 << 20;
   static constexpr size_t kMaxQueuedTotal = 8 << 20;
+  static constexpr size_t kMaxSpare = 2;
 
   void Unaccount(size_t n) {
     queued_bytes_ -= n;
@@ -206,6 +219,7 @@ class Pipeline {
         if (!s.ok() && error_.ok()) error_ = s;
       }
       Unaccount(queue_.front().size());
+      if (spare_.size() < kMaxSpare) spare_.push_back(std::move(queue_.front()));
       queue_.pop_front();
       cv_.notify_all();
     }
@@ -215,11 +229,12 @@ class Pipeline {
   Sink sink_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::string> queue_;  // GUARDED_BY(mu_); the front is being stored
-  size_t queued_bytes_ = 0;        // GUARDED_BY(mu_)
-  Status error_;                   // GUARDED_BY(mu_)
-  bool stop_ = false;              // GUARDED_BY(mu_)
-  bool busy_ = false;              // GUARDED_BY(mu_): the thread is storing the front piece
+  std::deque<std::string> queue_;   // GUARDED_BY(mu_); the front is being stored
+  std::vector<std::string> spare_;  // GUARDED_BY(mu_): buffers to reuse
+  size_t queued_bytes_ = 0;         // GUARDED_BY(mu_)
+  Status error_;                    // GUARDED_BY(mu_)
+  bool stop_ = false;               // GUARDED_BY(mu_)
+  bool busy_ = false;               // GUARDED_BY(mu_): the thread is storing the front piece
   std::thread thread_;
 };
 
@@ -330,7 +345,7 @@ class WalWriterImpl : public WalWriter {
   // The pipeline is drained (or has never run).
   void Reset() {
     file_writer_.reset();
-    chunk_writer_ = std::make_unique<ChunkWriter>(store_);
+    chunk_writer_ = std::make_unique<ChunkWriter>(store_, kChunkBatchBytes);
     file_writer_ = std::make_unique<FileWriter>(chunk_writer_.get(), chunk_size_);
     finished_.reset();
     head_.clear();
