@@ -6,6 +6,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <list>
 #include <thread>
@@ -332,6 +333,85 @@ Result<bool> ChunkStore::Contains(const ChunkId& id) {
   return true;
 }
 
+// Garbage collection and the writers beside it.
+
+uint64_t ChunkStore::RegisterWriter() {
+  std::lock_guard<std::mutex> lock(writers_mu_);
+  writers_[writer_epoch_]++;
+  return writer_epoch_;
+}
+
+void ChunkStore::UnregisterWriter(uint64_t epoch) {
+  std::lock_guard<std::mutex> lock(writers_mu_);
+  auto it = writers_.find(epoch);
+  if (it != writers_.end() && --it->second == 0) writers_.erase(it);
+  writers_cv_.notify_all();
+}
+
+void ChunkStore::Protect(const ChunkId& id) {
+  if (!protecting_.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(protect_mu_);
+  protected_.insert(id);
+}
+
+Status ChunkStore::BeginCollection(const std::function<void(size_t)>& waiting) {
+  std::unique_lock<std::mutex> lock(writers_mu_);
+  if (collecting_) return Status::FailedPrecondition("a garbage collection is running already");
+  collecting_ = true;
+  {
+    std::lock_guard<std::mutex> p(protect_mu_);
+    protected_.clear();
+  }
+  // Writers that register from here on see protecting_ set before they reference anything:
+  // they take writers_mu_ to register, which we hold while setting it.
+  protecting_.store(true, std::memory_order_release);
+  const uint64_t epoch = ++writer_epoch_;
+  for (;;) {
+    size_t older = 0;
+    for (auto it = writers_.begin(); it != writers_.end() && it->first < epoch; ++it) {
+      older += it->second;
+    }
+    if (older == 0) break;
+    if (waiting) {
+      lock.unlock();
+      waiting(older);
+      lock.lock();
+    }
+    writers_cv_.wait_for(lock, std::chrono::seconds(1));
+  }
+  return Status::OK();
+}
+
+Result<uint64_t> ChunkStore::DeleteUnprotected(const std::vector<ChunkId>& ids, uint64_t* bytes) {
+  // Holding protect_mu_ across the check and the write: a writer that protects an id after we
+  // checked it finds it deleted (Contains is false) and stores it again.
+  std::lock_guard<std::mutex> lock(protect_mu_);
+  KvBatch batch;
+  uint64_t deleted = 0;
+  std::string value;
+  for (const ChunkId& id : ids) {
+    if (id.IsZero() || protected_.count(id)) continue;
+    Status s = kv_->Get(Cf::kChunks, id.AsKey(), &value);
+    if (s.IsNotFound()) continue;
+    RETURN_IF_ERROR(s);
+    *bytes += value.size() + id.bytes.size();
+    batch.Delete(Cf::kChunks, id.AsKey());
+    deleted++;
+  }
+  if (!batch.empty()) RETURN_IF_ERROR(kv_->Write(batch, false));
+  return deleted;
+}
+
+void ChunkStore::EndCollection() {
+  std::lock_guard<std::mutex> lock(writers_mu_);
+  protecting_.store(false, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> p(protect_mu_);
+    protected_.clear();
+  }
+  collecting_ = false;
+}
+
 // Dictionaries (docs/FORMAT.md, "chunks").
 
 uint32_t ChunkStore::current_dictionary_id() const {
@@ -506,7 +586,9 @@ Status ChunkStore::SampleNewChunks(const std::vector<std::string_view>& chunks) 
 }
 
 ChunkWriter::ChunkWriter(ChunkStore* store, size_t batch_bytes)
-    : store_(store), batch_bytes_(batch_bytes) {}
+    : store_(store), epoch_(store->RegisterWriter()), batch_bytes_(batch_bytes) {}
+
+ChunkWriter::~ChunkWriter() { store_->UnregisterWriter(epoch_); }
 
 Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
                             std::vector<ChunkId>* ids) {
@@ -521,6 +603,7 @@ Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
     ChunkId id = ComputeChunkId(chunks[i]);
     (*ids)[i] = id;
     if (id.IsZero()) return;
+    store_->Protect(id);  // before Contains: a collection must not delete what we reuse
     Result<bool> have = store_->Contains(id);
     if (!have.ok()) {
       errors[i] = have.status();
@@ -566,6 +649,7 @@ Status ChunkWriter::AddEncoded(const ChunkId& id, size_t raw_size, std::string_v
     return Status::OK();
   }
   if (pending_.count(id)) return Status::OK();
+  store_->Protect(id);
   ASSIGN_OR_RETURN(bool have, store_->Contains(id));
   if (have) return Status::OK();
   pending_.insert(id);

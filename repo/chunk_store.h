@@ -8,9 +8,11 @@
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -128,6 +130,27 @@ class ChunkStore {
   KvStore* kv() { return kv_; }
   int zstd_level() const { return zstd_level_; }
 
+  // Garbage collection (repo/gc.h) and the writers running beside it. A chunk becomes referenced
+  // only when a writer's caller commits a record naming it, and a writer may reuse a stored chunk
+  // (a dedup hit) long before that. So while a collection runs, every id a writer hands out is
+  // recorded as protected (before its Contains check), and the collection deletes no protected
+  // chunk; and the collection marks only after every writer that started before it is gone
+  // (their references are committed by then, or never will be).
+  //
+  // Starts a collection: from now on writers protect what they reference. Waits until the
+  // writers that existed before have ended, calling `waiting(n)` about once a second while n of
+  // them remain. FailedPrecondition if a collection is running already.
+  Status BeginCollection(const std::function<void(size_t)>& waiting = nullptr);
+  // Deletes those of `ids` that no writer has protected since BeginCollection, in one unsynced
+  // batch; returns how many it deleted and their encoded bytes in `*bytes`.
+  Result<uint64_t> DeleteUnprotected(const std::vector<ChunkId>& ids, uint64_t* bytes);
+  // Ends it (also when it failed).
+  void EndCollection();
+  // For writers (ChunkWriter): registration, and protection of an id during a collection.
+  uint64_t RegisterWriter();
+  void UnregisterWriter(uint64_t epoch);
+  void Protect(const ChunkId& id);
+
  private:
   class Pool;
   // `dict` (may be null) must have been prepared at `zstd_level`.
@@ -156,6 +179,16 @@ class ChunkStore {
   uint64_t new_bytes_seen_ = 0;  // bytes of new chunks stored by this process
   uint64_t next_training_at_ = 0;
   bool training_ = false;
+
+  std::mutex writers_mu_;
+  std::condition_variable writers_cv_;
+  // GUARDED_BY(writers_mu_):
+  uint64_t writer_epoch_ = 0;           // bumped by BeginCollection
+  std::map<uint64_t, size_t> writers_;  // live writers by the epoch they started in
+  bool collecting_ = false;
+  std::atomic<bool> protecting_{false};  // a collection runs: writers record their ids
+  std::mutex protect_mu_;
+  std::unordered_set<ChunkId, ChunkIdHash> protected_;  // GUARDED_BY(protect_mu_)
 };
 
 // Buffers new chunks into batches and writes them. One writer per producer (not thread-safe);
@@ -164,6 +197,9 @@ class ChunkStore {
 class ChunkWriter {
  public:
   explicit ChunkWriter(ChunkStore* store, size_t batch_bytes = 4 << 20);
+  ~ChunkWriter();
+  ChunkWriter(const ChunkWriter&) = delete;
+  ChunkWriter& operator=(const ChunkWriter&) = delete;
   // Adds chunks, hashing and compressing them in parallel; ids[i] is the id of chunks[i].
   Status AddMany(const std::vector<std::string_view>& chunks, std::vector<ChunkId>* ids);
   Result<ChunkId> Add(std::string_view chunk);
@@ -175,6 +211,7 @@ class ChunkWriter {
 
  private:
   ChunkStore* store_;
+  uint64_t epoch_;  // ChunkStore::RegisterWriter
   size_t batch_bytes_;
   KvBatch batch_;
   std::unordered_set<ChunkId, ChunkIdHash> pending_;

@@ -161,8 +161,10 @@ Status CloneFs::ValidateName(const std::string& name) {
 Result<CloneInfo> CloneFs::Create(Repository* repo, const std::string& name,
                                   const SnapshotInfo& snapshot) {
   RETURN_IF_ERROR(ValidateName(name));
-  static std::mutex create_mu;  // one process owns the repository; this orders creators in it
-  std::lock_guard<std::mutex> lock(create_mu);
+  // One process owns the repository; this orders creators in it, and against `expire`, which
+  // must not remove the snapshot between this check and the clone record.
+  std::lock_guard<std::mutex> lock(repo->catalog_mutex());
+  RETURN_IF_ERROR(repo->GetSnapshot(snapshot.id).status());
   std::string key = std::string(kCloneKeyPrefix) + name, value;
   Status s = repo->kv()->Get(Cf::kMeta, key, &value);
   if (s.ok()) return Status::AlreadyExists("clone '" + name + "' already exists");

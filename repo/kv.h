@@ -79,6 +79,9 @@ class KvStore {
   virtual Status Sync() = 0;
   // Writes in-memory tables out to the store's files (RocksDB: flushes memtables to SSTs).
   virtual Status Flush() = 0;
+  // Rewrites the column family's files without deleted keys (RocksDB: a full manual compaction),
+  // so that deletes free disk space now. Reads and writes go on meanwhile.
+  virtual Status Compact(Cf cf) = 0;
   // Approximate bytes on disk, for `info`.
   virtual uint64_t ApproximateSize(Cf cf) = 0;
 };

@@ -53,6 +53,7 @@ class MemoryStore : public KvStore {
   }
   Status Sync() override { return Status::OK(); }
   Status Flush() override { return Status::OK(); }
+  Status Compact(Cf) override { return Status::OK(); }
   uint64_t ApproximateSize(Cf cf) override {
     std::lock_guard<std::mutex> lock(mu_);
     uint64_t n = 0;

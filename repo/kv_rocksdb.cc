@@ -168,6 +168,12 @@ class RocksStore : public KvStore {
     return Convert(db_->Flush(fo, handles_), "flush");
   }
 
+  Status Compact(Cf cf) override {
+    rocksdb::CompactRangeOptions co;
+    co.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+    return Convert(db_->CompactRange(co, handle(cf), nullptr, nullptr), "compact");
+  }
+
   uint64_t ApproximateSize(Cf cf) override {
     uint64_t live = 0;
     db_->GetIntProperty(handle(cf), "rocksdb.live-sst-files-size", &live);

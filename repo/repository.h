@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,9 @@ class Repository {
   // Invariant 10: the first backup or WAL file fixes the cluster. Returns FailedPrecondition if
   // `sysid` differs from the stored one; stores it (synced) if none is stored yet.
   Status CheckSystemIdentifier(const std::string& sysid);
+  // Held while the set of snapshots and what depends on them changes: `expire` removing
+  // snapshots, `clone create` basing a clone on one.
+  std::mutex& catalog_mutex() { return catalog_mu_; }
   Result<std::string> SystemIdentifier();  // "" if none yet
 
  private:
@@ -94,6 +98,7 @@ class Repository {
   std::unique_ptr<ChunkStore> chunks_;
   SnapshotReader reader_;
   std::mutex mu_;  // serializes id allocation and the system identifier check
+  std::mutex catalog_mu_;
 };
 
 // Meta column family keys (docs/FORMAT.md).

@@ -65,6 +65,7 @@ int RunCli(const std::vector<std::string>& args, CommandIo* io, RepoProvider* re
   AddMountCommands(&app, &ctx);
   AddArchiveCommands(&app, &ctx);
   AddCloneCommands(&app, &ctx);
+  AddRetentionCommands(&app, &ctx);
   AddDebugCommands(&app, &ctx);
   AddDebugWalCommands(app.get_subcommand("debug"), &ctx);
 

@@ -77,6 +77,7 @@ void AddVerifyCommand(CLI::App* app, CliContext* ctx);
 void AddMountCommands(CLI::App* app, CliContext* ctx);       // mount, umount
 void AddArchiveCommands(CLI::App* app, CliContext* ctx);     // archive-push, archive-get
 void AddCloneCommands(CLI::App* app, CliContext* ctx);       // clone create, list, drop, seal
+void AddRetentionCommands(CLI::App* app, CliContext* ctx);   // expire, gc
 void AddDebugCommands(CLI::App* app, CliContext* ctx);       // hidden test hooks
 void AddDebugWalCommands(CLI::App* debug, CliContext* ctx);  // debug wal-parse, wal-index, wal-find
 
