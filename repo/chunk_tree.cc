@@ -5,7 +5,12 @@
 namespace pgbackfs {
 
 namespace {
+// Chunks handed to the ChunkWriter at a time: at most kBatchChunks, at least kMinBatchChunks
+// (so that large chunks are still hashed and compressed in parallel), and otherwise as many as
+// make kMinBatchBytes.
 constexpr size_t kBatchChunks = 64;
+constexpr size_t kMinBatchChunks = 2;
+constexpr size_t kMinBatchBytes = 512 << 10;
 constexpr size_t kIdSize = 16;
 }  // namespace
 
@@ -51,30 +56,43 @@ Result<TreeRoot> TreeBuilder::Finish() {
 }
 
 FileWriter::FileWriter(ChunkWriter* writer, size_t chunk_size)
-    : writer_(writer), chunk_size_(chunk_size), tree_(writer) {
-  pending_.reserve(chunk_size * kBatchChunks);
-}
+    : writer_(writer),
+      chunk_size_(chunk_size),
+      batch_bytes_(chunk_size *
+                   std::clamp<size_t>(kMinBatchBytes / chunk_size, kMinBatchChunks, kBatchChunks)),
+      tree_(writer) {}
 
-Status FileWriter::FlushPending() {
+Status FileWriter::AddChunks(std::string_view whole_chunks) {
   std::vector<std::string_view> chunks;
-  for (size_t off = 0; off < pending_.size(); off += chunk_size_) {
-    chunks.push_back(std::string_view(pending_).substr(off, chunk_size_));
+  for (size_t off = 0; off < whole_chunks.size(); off += chunk_size_) {
+    chunks.push_back(whole_chunks.substr(off, chunk_size_));
   }
   std::vector<ChunkId> ids;
   RETURN_IF_ERROR(writer_->AddMany(chunks, &ids));
   for (const ChunkId& id : ids) RETURN_IF_ERROR(tree_.Add(id));
+  return Status::OK();
+}
+
+Status FileWriter::FlushPending() {
+  RETURN_IF_ERROR(AddChunks(pending_));
   pending_.clear();
   return Status::OK();
 }
 
 Status FileWriter::Append(std::string_view data) {
   size_ += data.size();
-  const size_t batch = chunk_size_ * kBatchChunks;
   while (!data.empty()) {
-    size_t n = std::min(data.size(), batch - pending_.size());
+    if (pending_.empty() && data.size() >= batch_bytes_) {
+      // Whole batches straight from the caller's buffer, without copying them.
+      RETURN_IF_ERROR(AddChunks(data.substr(0, batch_bytes_)));
+      data.remove_prefix(batch_bytes_);
+      continue;
+    }
+    if (pending_.capacity() < batch_bytes_) pending_.reserve(batch_bytes_);
+    size_t n = std::min(data.size(), batch_bytes_ - pending_.size());
     pending_.append(data.substr(0, n));
     data.remove_prefix(n);
-    if (pending_.size() == batch) RETURN_IF_ERROR(FlushPending());
+    if (pending_.size() == batch_bytes_) RETURN_IF_ERROR(FlushPending());
   }
   return Status::OK();
 }
@@ -90,8 +108,8 @@ Result<FileData> FileWriter::Finish() {
 TreeReader::TreeReader(ChunkStore* store, const FileData& file, size_t chunk_size)
     : store_(store),
       file_(file),
-      chunk_size_(chunk_size),
-      leaves_((file.size + chunk_size - 1) / chunk_size) {}
+      chunk_size_(file.chunk_size ? file.chunk_size : chunk_size),
+      leaves_((file.size + chunk_size_ - 1) / chunk_size_) {}
 
 size_t TreeReader::LeafSize(uint64_t index) const {
   uint64_t start = index * chunk_size_;

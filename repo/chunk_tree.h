@@ -27,6 +27,9 @@ struct TreeRoot {
 struct FileData {
   uint64_t size = 0;
   TreeRoot root;
+  // Its leaf size when it is not the repository's chunk size (0): archived WAL files in
+  // repositories of format 3 and later (repo/wal_archive.h). Snapshot entries never set it.
+  uint32_t chunk_size = 0;
 };
 
 // Builds a tree from leaf ids appended in order.
@@ -44,8 +47,8 @@ class TreeBuilder {
   std::vector<std::vector<ChunkId>> levels_;
 };
 
-// Streams a file's bytes into fixed-size chunks and a tree. Memory: a few chunks plus one index
-// block per level, whatever the file size.
+// Streams a file's bytes into fixed-size chunks and a tree. Memory: a batch of chunks (64 small
+// ones, or at least 512 KiB: two of 1 MiB) plus one index block per level, whatever the file size.
 class FileWriter {
  public:
   FileWriter(ChunkWriter* writer, size_t chunk_size);
@@ -56,10 +59,13 @@ class FileWriter {
  private:
   Status FlushPending();
 
+  Status AddChunks(std::string_view whole_chunks);
+
   ChunkWriter* writer_;
   size_t chunk_size_;
+  size_t batch_bytes_;  // whole chunks handed to the writer at a time (hashed in parallel)
   TreeBuilder tree_;
-  std::string pending_;  // up to kBatchChunks whole chunks not yet handed to the writer
+  std::string pending_;  // less than a batch, not yet handed to the writer
   uint64_t size_ = 0;
 };
 
@@ -67,8 +73,10 @@ class FileWriter {
 // thread, any number per store. Index blocks come through the store's chunk cache.
 class TreeReader {
  public:
+  // `chunk_size` is the repository's; file.chunk_size, when set, wins.
   TreeReader(ChunkStore* store, const FileData& file, size_t chunk_size);
 
+  size_t chunk_size() const { return chunk_size_; }  // the file's leaf size
   uint64_t leaf_count() const { return leaves_; }
   size_t LeafSize(uint64_t index) const;
   // Id of leaf `index` (< leaf_count()).

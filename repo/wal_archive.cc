@@ -16,9 +16,12 @@ namespace pgbackfs {
 
 namespace {
 
-// docs/FORMAT.md, "wal": the first byte of every Cf::kWal value.
-constexpr uint8_t kWalRecordVersion = 1;
-constexpr size_t kWalRecordSize = 1 + 1 + 8 + 1 + 16 + 8;
+// docs/FORMAT.md, "wal": the first byte of every Cf::kWal value. Version 2 (format >= 3) adds
+// the file's chunk size; version 1 files have the repository's.
+constexpr uint8_t kWalRecordVersion1 = 1;
+constexpr uint8_t kWalRecordVersion2 = 2;
+constexpr size_t kWalRecordSize1 = 1 + 1 + 8 + 1 + 16 + 8;
+constexpr size_t kWalRecordSize2 = kWalRecordSize1 + 4;
 
 // The kind byte of a record. Numbers are on disk: never reuse one.
 uint8_t KindCode(WalFileKind kind) {
@@ -82,12 +85,14 @@ Status ParseWalFileName(const std::string& name, WalFileKind* kind) {
 }
 
 void WalFileInfo::EncodeTo(std::string* dst) const {
-  dst->push_back(static_cast<char>(kWalRecordVersion));
+  const bool v2 = data.chunk_size != 0;
+  dst->push_back(static_cast<char>(v2 ? kWalRecordVersion2 : kWalRecordVersion1));
   dst->push_back(static_cast<char>(KindCode(kind)));
   PutFixed64(dst, data.size);
   dst->push_back(static_cast<char>(data.root.height));
   dst->append(data.root.id.AsKey());
   PutFixed64(dst, static_cast<uint64_t>(archived_time));
+  if (v2) PutFixed32(dst, data.chunk_size);
 }
 
 Status WalFileInfo::DecodeFrom(std::string_view name, std::string_view value, WalFileInfo* info) {
@@ -98,12 +103,12 @@ Status WalFileInfo::DecodeFrom(std::string_view name, std::string_view value, Wa
   Decoder in(value);
   uint8_t version = 0, kind = 0, height = 0;
   if (!in.GetFixed8(&version)) return corrupt("empty");
-  if (version != kWalRecordVersion) {
+  if (version != kWalRecordVersion1 && version != kWalRecordVersion2) {
     return corrupt("unknown record version " + std::to_string(version));
   }
-  if (value.size() != kWalRecordSize) {
-    return corrupt(std::to_string(value.size()) + " bytes, expected " +
-                   std::to_string(kWalRecordSize));
+  const size_t expected = version == kWalRecordVersion1 ? kWalRecordSize1 : kWalRecordSize2;
+  if (value.size() != expected) {
+    return corrupt(std::to_string(value.size()) + " bytes, expected " + std::to_string(expected));
   }
   WalFileInfo out;
   out.name = std::string(name);
@@ -118,6 +123,15 @@ Status WalFileInfo::DecodeFrom(std::string_view name, std::string_view value, Wa
   out.data.root.height = height;
   out.data.root.id = ChunkId::FromKey(id);
   out.archived_time = static_cast<int64_t>(time);
+  if (version == kWalRecordVersion2) {
+    uint32_t chunk_size = 0;
+    if (!in.GetFixed32(&chunk_size)) return corrupt("truncated");
+    // What FileWriter can write: a power of two, at least the smallest repository chunk size.
+    if (chunk_size < (8u << 10) || chunk_size > (64u << 20) || (chunk_size & (chunk_size - 1))) {
+      return corrupt("bad chunk size " + std::to_string(chunk_size));
+    }
+    out.data.chunk_size = chunk_size;
+  }
   *info = std::move(out);
   return Status::OK();
 }
@@ -137,10 +151,12 @@ std::unique_ptr<WalIndex> MakeIndex(Repository* repo, WalArchive* archive) {
 
 // Hands one file's bytes to a sink on a thread of its own, in order, so that a write returns once
 // its bytes are queued, and storing them (hashing, compressing, writing chunks, parsing) overlaps
-// with receiving the next ones: `cp` waits for each write's reply before it reads on.
-// Memory: a writer queues at most kMaxQueuedPerWriter bytes, and all writers of the process
-// together kMaxQueuedTotal, beyond one piece each (a writer with an empty queue always may queue,
-// so it never waits for others).
+// with receiving the next ones: `cp` waits for each write's reply before it reads on. Bytes are
+// gathered into pieces of kPieceBytes (two WAL chunks, compressed in parallel, and handed to the
+// FileWriter without another copy); the last piece goes when Drain() asks for it.
+// Memory: a writer holds at most kMaxQueuedPerWriter bytes, and all writers of the process
+// together kMaxQueuedTotal, beyond two pieces each (a writer with no full piece queued may always
+// go on: it waits only for its own thread, never for others), plus kMaxSpare buffers for reuse.
 class Pipeline {
  public:
   using Sink = std::function<Status(std::string_view)>;
@@ -154,6 +170,7 @@ class Pipeline {
         Unaccount(queue_.back().size());
         queue_.pop_back();
       }
+      Unaccount(filling_.size());
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
@@ -165,38 +182,52 @@ class Pipeline {
   // stored after one).
   Status Push(std::string_view data) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] {
-      return !error_.ok() || queued_bytes_ == 0 ||
-             (queued_bytes_ + data.size() <= kMaxQueuedPerWriter &&
-              total_queued_.load() + data.size() <= kMaxQueuedTotal);
-    });
-    if (!error_.ok()) return error_;
-    // A buffer from an earlier piece: no allocation (and no fresh pages) per write.
-    std::string buf;
-    if (!spare_.empty()) {
-      buf = std::move(spare_.back());
-      spare_.pop_back();
+    while (!data.empty()) {
+      const size_t n = std::min(data.size(), kPieceBytes - filling_.size());
+      cv_.wait(lock, [&] {
+        return !error_.ok() || queue_.empty() ||
+               (queued_bytes_ + n <= kMaxQueuedPerWriter &&
+                total_queued_.load() + n <= kMaxQueuedTotal);
+      });
+      if (!error_.ok()) return error_;
+      if (filling_.capacity() < kPieceBytes) {
+        // A buffer from an earlier piece: no allocation (and no fresh pages) per piece.
+        if (!spare_.empty()) {
+          filling_ = std::move(spare_.back());
+          spare_.pop_back();
+          filling_.clear();
+        }
+        filling_.reserve(kPieceBytes);
+      }
+      filling_.append(data.substr(0, n));
+      data.remove_prefix(n);
+      queued_bytes_ += n;
+      total_queued_ += n;
+      if (filling_.size() == kPieceBytes) Send();
     }
-    buf.assign(data);
-    queue_.push_back(std::move(buf));
-    queued_bytes_ += data.size();
-    total_queued_ += data.size();
-    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
-    cv_.notify_all();
-    return Status::OK();
+    return error_;
   }
 
   // Waits until everything queued is stored; returns the sink's first error, if any.
   Status Drain() {
     std::unique_lock<std::mutex> lock(mu_);
+    if (!filling_.empty()) Send();
     cv_.wait(lock, [&] { return queue_.empty(); });
     return error_;
   }
 
  private:
-  static constexpr size_t kMaxQueuedPerWriter = 4 << 20;
-  static constexpr size_t kMaxQueuedTotal = 8 << 20;
+  static constexpr size_t kPieceBytes = 2 << 20;
+  static constexpr size_t kMaxQueuedPerWriter = 3 * kPieceBytes;
+  static constexpr size_t kMaxQueuedTotal = 6 * kPieceBytes;
   static constexpr size_t kMaxSpare = 2;
+
+  void Send() {  // mu_ held
+    queue_.push_back(std::move(filling_));
+    filling_ = std::string();
+    if (!thread_.joinable()) thread_ = std::thread([this] { Run(); });
+    cv_.notify_all();
+  }
 
   void Unaccount(size_t n) {
     queued_bytes_ -= n;
@@ -229,12 +260,14 @@ class Pipeline {
   Sink sink_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::string> queue_;   // GUARDED_BY(mu_); the front is being stored
-  std::vector<std::string> spare_;  // GUARDED_BY(mu_): buffers to reuse
-  size_t queued_bytes_ = 0;         // GUARDED_BY(mu_)
-  Status error_;                    // GUARDED_BY(mu_)
-  bool stop_ = false;               // GUARDED_BY(mu_)
-  bool busy_ = false;               // GUARDED_BY(mu_): the thread is storing the front piece
+  // All GUARDED_BY(mu_):
+  std::string filling_;             // the piece being gathered
+  std::deque<std::string> queue_;   // full pieces; the front is being stored
+  std::vector<std::string> spare_;  // buffers to reuse
+  size_t queued_bytes_ = 0;         // in filling_ and queue_
+  Status error_;
+  bool stop_ = false;
+  bool busy_ = false;  // the thread is storing the front piece
   std::thread thread_;
 };
 
@@ -249,7 +282,8 @@ class WalWriterImpl : public WalWriter {
   WalWriterImpl(WalArchive* archive, Repository* repo, std::string name, const WalFileName& parsed)
       : archive_(archive),
         store_(repo->chunks()),
-        chunk_size_(repo->config().chunk_size),
+        own_chunk_size_(repo->config().format_version >= kFirstFormatWithWalChunkSize),
+        chunk_size_(own_chunk_size_ ? kWalChunkSize : repo->config().chunk_size),
         name_(std::move(name)),
         parsed_(parsed),
         pipeline_(std::make_unique<Pipeline>([this](std::string_view d) { return Store(d); })) {
@@ -393,6 +427,7 @@ class WalWriterImpl : public WalWriter {
   Status FinishFile() {
     if (finished_) return Status::OK();
     ASSIGN_OR_RETURN(FileData data, file_writer_->Finish());
+    if (own_chunk_size_) data.chunk_size = static_cast<uint32_t>(chunk_size_);
     // Unsynced: the synced record write in CommitFile makes these chunks durable too.
     RETURN_IF_ERROR(chunk_writer_->Flush(/*sync=*/false));
     finished_ = data;
@@ -419,6 +454,7 @@ class WalWriterImpl : public WalWriter {
 
   WalArchive* archive_;
   ChunkStore* store_;
+  const bool own_chunk_size_;  // kWalChunkSize, recorded in the file's record (version 2)
   const size_t chunk_size_;
   const std::string name_;
   const WalFileName parsed_;
@@ -673,9 +709,9 @@ Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed
 
 Status WalArchive::ReadFile(const WalFileInfo& info,
                             const std::function<Status(std::string_view)>& sink) {
-  const size_t chunk_size = repo_->config().chunk_size;
   ChunkStore* store = repo_->chunks();
-  TreeReader reader(store, info.data, chunk_size);
+  TreeReader reader(store, info.data, repo_->config().chunk_size);
+  const size_t chunk_size = reader.chunk_size();
   std::string buf, chunk;
   uint64_t offset = 0;  // of the leaf being read
   bool sink_failed = false;
