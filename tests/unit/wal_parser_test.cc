@@ -72,6 +72,14 @@ TEST(Crc32cTest, KnownValuesAndPieces) {
     c = Crc32cExtend(c, data.data() + cut, data.size() - cut);
     EXPECT_EQ(Crc32cFinish(c), whole) << cut;
   }
+  // Every length and alignment around the interleaved (3 x 1 KiB) path's edges.
+  for (size_t start : {0u, 1u, 5u, 8u}) {
+    for (size_t len : {0u, 7u, 3071u, 3072u, 3073u, 3079u, 6144u, 6151u, 8192u, 9999u}) {
+      EXPECT_EQ(Crc32cExtend(0x12345678u, data.data() + start, len),
+                Crc32cExtendPortable(0x12345678u, data.data() + start, len))
+          << start << " " << len;
+    }
+  }
 }
 
 TEST(WalParserTest, LsnTimeAndNames) {
