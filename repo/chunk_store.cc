@@ -259,44 +259,65 @@ std::string ChunkStore::EncodeAt(std::string_view raw, int zstd_level, const Zst
   return out;
 }
 
-Status ChunkStore::DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out) {
+Status ChunkStore::Decode(const ChunkId& id, std::string_view stored, std::string* grow, char* dst,
+                          size_t size) {
+  auto place = [&](size_t n) -> char* {
+    if (grow) {
+      grow->resize(n);
+      return grow->data();
+    }
+    return n == size ? dst : nullptr;
+  };
+  auto wrong_size = [&](size_t n) {
+    return Status::Corruption("chunk " + id.Hex() + " has " + std::to_string(n) +
+                              " bytes, expected " + std::to_string(size));
+  };
   if (stored.empty()) return Status::Corruption("empty chunk " + id.Hex());
   uint8_t codec = static_cast<uint8_t>(stored[0]);
   std::string_view payload = stored.substr(1);
   if (codec == kCodecRaw) {
-    out->assign(payload);
-  } else if (codec == kCodecZstd || codec == kCodecZstdDict) {
-    std::shared_ptr<const ZstdDictionary> dict;
-    if (codec == kCodecZstdDict) {
-      Decoder d(payload);
-      uint32_t dict_id;
-      if (!d.GetFixed32(&dict_id)) {
-        return Status::Corruption("chunk " + id.Hex() + " is truncated");
-      }
-      payload = payload.substr(4);
-      Result<std::shared_ptr<const ZstdDictionary>> r = GetDictionary(dict_id);
-      if (!r.ok()) {
-        Status s = r.status();
-        return (s.IsNotFound() ? Status::Corruption(s.message()) : s)
-            .WithContext("chunk " + id.Hex() + " uses zstd dictionary " + std::to_string(dict_id));
-      }
-      dict = std::move(r).value();
-    }
-    unsigned long long n = ZSTD_getFrameContentSize(payload.data(), payload.size());
-    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN || n > kMaxChunkBytes) {
-      return Status::Corruption("chunk " + id.Hex() + " has a bad zstd frame");
-    }
-    out->resize(n);
-    size_t got = dict ? ZSTD_decompress_usingDDict(ThreadZstd().dctx, out->data(), n,
-                                                   payload.data(), payload.size(), dict->ddict())
-                      : ZSTD_decompressDCtx(ThreadZstd().dctx, out->data(), n, payload.data(),
-                                            payload.size());
-    if (ZSTD_isError(got) || got != n) {
-      return Status::Corruption("chunk " + id.Hex() + " does not decompress");
-    }
-  } else {
+    char* out = place(payload.size());
+    if (!out) return wrong_size(payload.size());
+    std::memcpy(out, payload.data(), payload.size());
+    return Status::OK();
+  }
+  if (codec != kCodecZstd && codec != kCodecZstdDict) {
     return Status::Corruption("chunk " + id.Hex() + " has unknown codec " + std::to_string(codec));
   }
+  std::shared_ptr<const ZstdDictionary> dict;
+  if (codec == kCodecZstdDict) {
+    Decoder d(payload);
+    uint32_t dict_id;
+    if (!d.GetFixed32(&dict_id)) {
+      return Status::Corruption("chunk " + id.Hex() + " is truncated");
+    }
+    payload = payload.substr(4);
+    Result<std::shared_ptr<const ZstdDictionary>> r = GetDictionary(dict_id);
+    if (!r.ok()) {
+      Status s = r.status();
+      return (s.IsNotFound() ? Status::Corruption(s.message()) : s)
+          .WithContext("chunk " + id.Hex() + " uses zstd dictionary " + std::to_string(dict_id));
+    }
+    dict = std::move(r).value();
+  }
+  unsigned long long n = ZSTD_getFrameContentSize(payload.data(), payload.size());
+  if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN || n > kMaxChunkBytes) {
+    return Status::Corruption("chunk " + id.Hex() + " has a bad zstd frame");
+  }
+  char* out = place(n);
+  if (!out) return wrong_size(n);
+  size_t got = dict
+                   ? ZSTD_decompress_usingDDict(ThreadZstd().dctx, out, n, payload.data(),
+                                                payload.size(), dict->ddict())
+                   : ZSTD_decompressDCtx(ThreadZstd().dctx, out, n, payload.data(), payload.size());
+  if (ZSTD_isError(got) || got != n) {
+    return Status::Corruption("chunk " + id.Hex() + " does not decompress");
+  }
+  return Status::OK();
+}
+
+Status ChunkStore::DecodeAndVerify(const ChunkId& id, std::string_view stored, std::string* out) {
+  RETURN_IF_ERROR(Decode(id, stored, out, nullptr, 0));
   if (ComputeChunkId(*out) != id) {
     return Status::Corruption("chunk " + id.Hex() + " does not match its hash");
   }
@@ -316,6 +337,22 @@ Status ChunkStore::Get(const ChunkId& id, size_t size, std::string* out) {
   if (out->size() != size) {
     return Status::Corruption("chunk " + id.Hex() + " has " + std::to_string(out->size()) +
                               " bytes, expected " + std::to_string(size));
+  }
+  return Status::OK();
+}
+
+Status ChunkStore::GetInto(const ChunkId& id, size_t size, char* dst) {
+  if (id.IsZero()) {
+    std::memset(dst, 0, size);
+    return Status::OK();
+  }
+  thread_local std::string stored;
+  Status s = kv_->Get(Cf::kChunks, id.AsKey(), &stored);
+  if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
+  RETURN_IF_ERROR(s);
+  RETURN_IF_ERROR(Decode(id, stored, nullptr, dst, size));
+  if (ComputeChunkId(std::string_view(dst, size)) != id) {
+    return Status::Corruption("chunk " + id.Hex() + " does not match its hash");
   }
   return Status::OK();
 }

@@ -1,6 +1,7 @@
 #include "repo/chunk_tree.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace pgbackfs {
 
@@ -163,9 +164,49 @@ Status TreeReader::ForEachLeaf(const std::function<Status(uint64_t, const ChunkI
   return Walk(file_.root.height, file_.root.id, 0, fn, on_block);
 }
 
+Status TreeReader::CollectLeaves(int height, const ChunkId& id, uint64_t node_first, uint64_t first,
+                                 uint64_t end, std::vector<ChunkId>* ids) {
+  if (height == 0) {
+    ids->push_back(id);
+    return Status::OK();
+  }
+  const uint64_t span = Span(height - 1);
+  const uint64_t children =
+      std::min<uint64_t>(kTreeFanout, (leaves_ - node_first + span - 1) / span);
+  if (id.IsZero()) {  // an all-zero file: zero ids all the way down
+    uint64_t from = std::max(first, node_first);
+    uint64_t to = std::min(end, node_first + children * span);
+    ids->insert(ids->end(), to - from, ChunkId());
+    return Status::OK();
+  }
+  ASSIGN_OR_RETURN(auto block, Block(id, children));
+  uint64_t c = first > node_first ? (first - node_first) / span : 0;
+  for (; c < children && node_first + c * span < end; ++c) {
+    ChunkId child = ChunkId::FromKey(std::string_view(*block).substr(c * kIdSize, kIdSize));
+    RETURN_IF_ERROR(CollectLeaves(height - 1, child, node_first + c * span, first, end, ids));
+  }
+  return Status::OK();
+}
+
+Status TreeReader::Leaves(uint64_t first, uint64_t count, std::vector<ChunkId>* ids) {
+  ids->clear();
+  uint64_t end = std::min(leaves_, first + count);
+  if (first >= end) return Status::OK();
+  ids->reserve(end - first);
+  return CollectLeaves(file_.root.height, file_.root.id, 0, first, end, ids);
+}
+
 Status TreeReader::Read(uint64_t offset, size_t len, std::string* out) {
   if (offset >= file_.size) return Status::OK();
   uint64_t end = std::min<uint64_t>(file_.size, offset + len);
+  const size_t base = out->size();
+  Status s = end - offset >= kDirectReadBytes ? ReadDirect(offset, end, out)
+                                              : ReadCached(offset, end, out);
+  if (!s.ok()) out->resize(base);
+  return s;
+}
+
+Status TreeReader::ReadCached(uint64_t offset, uint64_t end, std::string* out) {
   while (offset < end) {
     uint64_t index = offset / chunk_size_;
     size_t in_chunk = offset % chunk_size_;
@@ -179,6 +220,39 @@ Status TreeReader::Read(uint64_t offset, size_t len, std::string* out) {
     }
     offset += n;
   }
+  return Status::OK();
+}
+
+Status TreeReader::ReadDirect(uint64_t offset, uint64_t end, std::string* out) {
+  const uint64_t first = offset / chunk_size_;
+  const uint64_t last = (end - 1) / chunk_size_;
+  std::vector<ChunkId> ids;
+  RETURN_IF_ERROR(Leaves(first, last - first + 1, &ids));
+  if (ids.size() != last - first + 1) return Status::Corruption("chunk tree is short");
+  const size_t base = out->size();
+  out->resize(base + (end - offset));
+  char* dst = out->data() + base;
+  std::vector<Status> errors(ids.size());
+  store_->ParallelFor(ids.size(), [&](size_t i) {
+    const uint64_t index = first + i;
+    const uint64_t chunk_start = index * chunk_size_;
+    const size_t size = LeafSize(index);
+    const uint64_t from = std::max(offset, chunk_start);
+    const uint64_t to = std::min<uint64_t>(end, chunk_start + size);
+    char* at = dst + (from - offset);
+    if (from == chunk_start && to == chunk_start + size) {
+      errors[i] = store_->GetInto(ids[i], size, at);
+    } else {  // a chunk the range cuts: decoded whole, then the part that is asked for
+      thread_local std::string whole;
+      whole.resize(size);
+      errors[i] = store_->GetInto(ids[i], size, whole.data());
+      if (errors[i].ok()) std::memcpy(at, whole.data() + (from - chunk_start), to - from);
+    }
+    if (!errors[i].ok()) {
+      errors[i] = errors[i].WithContext("leaf at offset " + std::to_string(chunk_start));
+    }
+  });
+  for (const Status& e : errors) RETURN_IF_ERROR(e);
   return Status::OK();
 }
 

@@ -85,10 +85,22 @@ class TreeReader {
   // error from the tree or from fn. `on_block` (optional) sees each index block id.
   Status ForEachLeaf(const std::function<Status(uint64_t, const ChunkId&)>& fn,
                      const std::function<Status(const ChunkId&)>& on_block = nullptr);
-  // Reads [offset, offset + len) clipped to the file size, appending to `out`.
+  // The ids of leaves [first, first + count) (clipped to the file), reading each index block on
+  // the way once.
+  Status Leaves(uint64_t first, uint64_t count, std::vector<ChunkId>* ids);
+  // Reads [offset, offset + len) clipped to the file size, appending to `out`. On error, `out`
+  // is as it was. A read of at least kDirectReadBytes fetches and decodes its chunks in parallel
+  // (ChunkStore::ParallelFor) straight into `out`, past the chunk cache: a large read is
+  // sequential, the kernel's page cache keeps what it returns, and its chunks would only push
+  // index blocks and small reads' chunks out of the cache. Smaller reads go through the cache.
   Status Read(uint64_t offset, size_t len, std::string* out);
+  static constexpr size_t kDirectReadBytes = 64 << 10;
 
  private:
+  Status CollectLeaves(int height, const ChunkId& id, uint64_t node_first, uint64_t first,
+                       uint64_t end, std::vector<ChunkId>* ids);
+  Status ReadCached(uint64_t offset, uint64_t end, std::string* out);
+  Status ReadDirect(uint64_t offset, uint64_t end, std::string* out);
   Result<std::shared_ptr<const std::string>> Block(const ChunkId& id, uint64_t children);
   uint64_t Span(int height) const;  // leaves under one node of `height`
   Status Walk(int height, const ChunkId& id, uint64_t first_leaf,

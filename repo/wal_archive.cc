@@ -709,36 +709,19 @@ Status WalArchive::CommitFile(const std::string& name, const WalFileName& parsed
 
 Status WalArchive::ReadFile(const WalFileInfo& info,
                             const std::function<Status(std::string_view)>& sink) {
-  ChunkStore* store = repo_->chunks();
-  TreeReader reader(store, info.data, repo_->config().chunk_size);
-  const size_t chunk_size = reader.chunk_size();
-  std::string buf, chunk;
-  uint64_t offset = 0;  // of the leaf being read
-  bool sink_failed = false;
-  auto emit = [&]() -> Status {
-    Status s = sink(buf);
+  // A few chunks at a time, fetched and checked in parallel (TreeReader::Read).
+  constexpr uint64_t kReadPiece = 4 << 20;
+  TreeReader reader(repo_->chunks(), info.data, repo_->config().chunk_size);
+  std::string buf;
+  for (uint64_t off = 0; off < info.data.size; off += kReadPiece) {
     buf.clear();
-    if (!s.ok()) sink_failed = true;
-    return s;
-  };
-  Status s = reader.ForEachLeaf([&](uint64_t index, const ChunkId& id) -> Status {
-    offset = index * chunk_size;
-    size_t n = reader.LeafSize(index);
-    if (id.IsZero()) {
-      buf.append(n, '\0');
-    } else {
-      RETURN_IF_ERROR(store->Get(id, n, &chunk));
-      buf.append(chunk);
+    Status s = reader.Read(off, kReadPiece, &buf);
+    if (!s.ok()) return s.WithContext("read WAL file " + Quoted(info.name));
+    for (size_t at = 0; at < buf.size(); at += kIoPiece) {
+      RETURN_IF_ERROR(sink(std::string_view(buf).substr(at, kIoPiece)));
     }
-    if (buf.size() >= kIoPiece) return emit();
-    return Status::OK();
-  });
-  if (s.ok() && !buf.empty()) s = emit();
-  if (!s.ok() && !sink_failed) {
-    return s.WithContext("read WAL file " + Quoted(info.name) + " at offset " +
-                         std::to_string(offset));
   }
-  return s;
+  return Status::OK();
 }
 
 }  // namespace pgbackfs
