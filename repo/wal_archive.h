@@ -53,6 +53,12 @@ class WalArchive;
 // Receives one file's bytes. Writes must go forward (a gap is filled with zeros); the file is
 // stored and made visible only by Commit(). A writer dropped without Commit() leaves nothing
 // visible (its chunks are unreferenced). Not thread-safe.
+//
+// Write() checks the offset and size and queues the bytes; a thread of the writer's own stores
+// them (hashes, compresses, writes chunks, and parses a segment for the WAL index) while the
+// caller sends the next ones. An error storing them is returned by a later call, at the latest
+// by Commit(), which waits for everything queued. Memory: a few MiB per writer
+// (repo/wal_archive.cc, Pipeline).
 class WalWriter {
  public:
   virtual ~WalWriter() = default;
