@@ -199,6 +199,10 @@ if [[ $PARTS == *archive* ]]; then
     put cp.rss "$(proc_mib "$daemon" VmRSS)"
     put cp.hwm "$(proc_mib "$daemon" VmHWM)"
     umount_repo "$W/mnt2"
+    # What the chunks and records take (RocksDB's live files and memtables), and what the
+    # directory takes on disk now, with RocksDB's log of data already flushed still there.
+    put cp.stored "$("$PGBACKFS" info "$W/repo2" --json |
+      python3 -c "import json,sys; print(json.load(sys.stdin)['stored_bytes'] >> 20)")"
     put cp.du "$(($(bench_du "$W/repo2/db") >> 20))"
     bench_log "  cp into MOUNT/wal: ${secs}s"
   }
@@ -272,7 +276,8 @@ if [[ $PARTS == *read* ]]; then
   echo "sequential read of a $SIZE_MIB MiB file (dd bs=1M)"
   echo "  local disk, cold            $(cell read.local) MB/s"
   echo "  MOUNT/backups, cold         $(cell read.mount) MB/s   daemon CPU $(cell read.cpu) s"
-  echo "  ratio mount / local (cold)  $(bench_stats "${ratios[@]}" | awk '{print $1 " ±" $2}')   (target >= 0.5)"
+  echo "  ratio mount / local (cold)  $(bench_stats "${ratios[@]}" | awk '{print $1 " ±" $2}')   (target >= 0.5); runs: ${ratios[*]}"
+  echo "  runs, local / mount MB/s:  ${V[read.local]} /${V[read.mount]}"
   echo "  MOUNT/backups, warm         $(cell read.warm) MB/s   (kernel page cache kept: keep_cache)"
   echo "  daemon RSS after the reads  $(cell read.rss) MiB, peak $READ_HWM MiB" \
     "(caches $CACHES_MIB MiB; target <= $((CACHES_MIB + 64)))"
@@ -283,10 +288,11 @@ if [[ $PARTS == *archive* ]]; then
   echo
   echo "archiving $NSEG WAL segments ($MB MB), one command per segment, as archive_command does"
   echo "  cp into MOUNT/wal            $(cell cp.time) s   $(per cp.time "$NSEG") segments/s" \
-    "  $(per cp.time "$MB") MB/s   CPU $(cell cp.cpu) s   repository $(cell cp.du) MiB"
+    "  $(per cp.time "$MB") MB/s   CPU $(cell cp.cpu) s   stored $(cell cp.stored) MiB" \
+    "(du $(cell cp.du) MiB)"
   echo "  pgbackrest archive-push      $(cell br.time) s   $(per br.time "$NSEG") segments/s" \
     "  $(per br.time "$MB") MB/s   CPU $(cell br.cpu) s   repository $(cell br.du) MiB"
-  echo "  ratio (segment rate, pgbackfs / pgbackrest): $(cell ratio)   (target >= 2)"
+  echo "  ratio (segment rate, pgbackfs / pgbackrest): $(cell ratio)   (target >= 2); runs:${V[ratio]}"
   echo "  daemon RSS after archiving   $(cell cp.rss) MiB, peak $(cell cp.hwm) MiB"
 fi
 if [[ $PARTS == *cli* ]]; then
