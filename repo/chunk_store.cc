@@ -215,6 +215,12 @@ void ChunkStore::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
   pool_->ParallelFor(n, fn);
 }
 
+void ChunkStore::ParallelRead(size_t n, const std::function<void(size_t)>& fn) {
+  std::call_once(read_pool_once_,
+                 [this] { read_pool_ = std::make_unique<Pool>(kReadThreads - 1); });
+  read_pool_->ParallelFor(n, fn);
+}
+
 std::string ChunkStore::Encode(std::string_view raw) const {
   std::shared_ptr<const ZstdDictionary> dict = current_dict_.load(std::memory_order_acquire);
   return EncodeAt(raw, zstd_level_, dict.get());

@@ -233,7 +233,7 @@ Status TreeReader::ReadDirect(uint64_t offset, uint64_t end, std::string* out) {
   out->resize(base + (end - offset));
   char* dst = out->data() + base;
   std::vector<Status> errors(ids.size());
-  store_->ParallelFor(ids.size(), [&](size_t i) {
+  store_->ParallelRead(ids.size(), [&](size_t i) {
     const uint64_t index = first + i;
     const uint64_t chunk_start = index * chunk_size_;
     const size_t size = LeafSize(index);
