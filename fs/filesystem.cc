@@ -96,11 +96,14 @@ void Filesystem::FillEntry(const Node& node, uint64_t size, EntryOut* out) const
 
 int Filesystem::NodeAttr(const Node& node, struct stat* st) {
   uint64_t size = node.entry.size();
-  if (node.area() == Area::kWal && !node.is_dir()) {
+  // An archived file (kWalFile) never changes: a rewrite of it in progress, which its commit
+  // accepts only if identical, must not show its size, or the kernel would cut its cached
+  // copy and readers would see a short file.
+  if (node.kind == NodeKind::kWalNew) {
     uint64_t writing;
     if (WriterSize(node.ino, &writing)) {
       size = writing;
-    } else if (node.kind == NodeKind::kWalNew) {
+    } else {
       // Nobody writes it any more: it exists only if it was archived.
       Result<WalFileInfo> info = wal_.Get(node.path);
       if (!info.ok()) return info.status().IsNotFound() ? ENOENT : StatusToErrno(info.status());
@@ -246,9 +249,7 @@ int Filesystem::Lookup(uint64_t parent_ino, const std::string& name, EntryOut* o
   int err = LookupNode(*parent, name, &proto);
   if (err) return err;
   std::shared_ptr<const Node> node = inodes_.Lookup(std::move(proto));
-  uint64_t size = node->entry.size();
-  if (node->kind == NodeKind::kWalFile) WriterSize(node->ino, &size);
-  FillEntry(*node, size, out);
+  FillEntry(*node, node->entry.size(), out);
   return 0;
 }
 
@@ -419,9 +420,7 @@ int Filesystem::ReadDir(uint64_t fh, uint64_t offset, bool plus,
     }
     if (plus) {
       std::shared_ptr<const Node> child = inodes_.Lookup(std::move(proto));
-      uint64_t size = child->entry.size();
-      if (child->kind == NodeKind::kWalFile) WriterSize(child->ino, &size);
-      FillEntry(*child, size, &item.entry);
+      FillEntry(*child, child->entry.size(), &item.entry);
       item.ino = child->ino;
       if (!add(item)) {
         inodes_.Forget(child->ino, 1);  // not handed to the kernel after all

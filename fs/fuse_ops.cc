@@ -39,7 +39,7 @@ void SetOpen(const OpenOut& out, fuse_file_info* fi) {
 
 void Init(void* userdata, fuse_conn_info* conn) {
   conn->max_write = kMaxRequest;
-  conn->max_readahead = kMaxRequest;
+  conn->max_readahead = 4 * kMaxRequest;  // in 1 MiB requests, several in flight (fs/mount.cc)
   conn->max_background = 64;
   conn->congestion_threshold = 48;
   Want(conn, FUSE_CAP_ASYNC_READ);

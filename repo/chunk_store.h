@@ -98,6 +98,9 @@ class ChunkStore {
   // Reads chunk `id` of `size` raw bytes into `out`, checking its hash. Corruption on mismatch or
   // on a chunk that cannot be decoded; NotFound when it is missing.
   Status Get(const ChunkId& id, size_t size, std::string* out);
+  // Same, into dst[0, size) (a chunk of another size is Corruption), without the cache: for large
+  // reads, whose chunks would only push out what the cache holds. Thread-safe.
+  Status GetInto(const ChunkId& id, size_t size, char* dst);
   // Same, through the decompressed-chunk cache.
   Result<std::shared_ptr<const std::string>> GetCached(const ChunkId& id, size_t size);
   // True if the chunk is stored (or is the zero chunk). Does not read or check the data.
@@ -126,6 +129,10 @@ class ChunkStore {
 
   // Runs fn(i) for i in [0, n) on the store's worker threads and the caller's, and waits.
   void ParallelFor(size_t n, const std::function<void(size_t)>& fn);
+  // The same on a wider pool (kReadThreads), for reads: most of a cold read's time is waiting
+  // for the disk, and more reads in flight keep it busy.
+  void ParallelRead(size_t n, const std::function<void(size_t)>& fn);
+  static constexpr int kReadThreads = 8;
 
   KvStore* kv() { return kv_; }
   int zstd_level() const { return zstd_level_; }
@@ -153,6 +160,10 @@ class ChunkStore {
 
  private:
   class Pool;
+  // Decodes `stored` into *grow (resized to fit) or, when grow is null, into dst[0, size), which
+  // it must fill exactly. Does not check the hash.
+  Status Decode(const ChunkId& id, std::string_view stored, std::string* grow, char* dst,
+                size_t size);
   // `dict` (may be null) must have been prepared at `zstd_level`.
   static std::string EncodeAt(std::string_view raw, int zstd_level, const ZstdDictionary* dict);
   // A dictionary by id: the current one, a cached one, or loaded from the meta column family.
@@ -165,6 +176,8 @@ class ChunkStore {
   const bool train_dictionaries_;
   std::unique_ptr<ChunkCache> cache_;
   std::unique_ptr<Pool> pool_;
+  std::unique_ptr<Pool> read_pool_;  // made on first use
+  std::once_flag read_pool_once_;
 
   std::atomic<std::shared_ptr<const ZstdDictionary>> current_dict_;
   std::mutex dicts_mu_;

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "repo/coding.h"
+#include "repo/json_util.h"
 
 namespace pgbackfs {
 
@@ -139,9 +140,9 @@ Status CloneInfo::Decode(std::string_view data, CloneInfo* info) {
   try {
     auto j = nlohmann::json::parse(data);
     info->name = j.at("name").get<std::string>();
-    info->id = j.at("id").get<uint64_t>();
+    info->id = JsonInt<uint64_t>(j, "id");
     info->snapshot = j.at("snapshot").get<std::string>();
-    info->created = j.value("created", int64_t{0});
+    info->created = JsonIntOr<int64_t>(j, "created", 0);
     info->extra = j.value("extra", nlohmann::json::object());
   } catch (const std::exception& e) {
     return Status::Corruption(std::string("bad clone record: ") + e.what());

@@ -26,7 +26,8 @@ class Marker {
 
   Status MarkTree(const FileData& data) {
     if (data.root.id.IsZero()) return Status::OK();
-    uint64_t leaves = (data.size + chunk_size_ - 1) / chunk_size_;
+    const uint64_t chunk_size = data.chunk_size ? data.chunk_size : chunk_size_;  // WAL: its own
+    uint64_t leaves = (data.size + chunk_size - 1) / chunk_size;
     if (data.root.height == 0) {
       marked_.push_back(data.root.id);
       return Status::OK();

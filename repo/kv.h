@@ -3,6 +3,7 @@
 // Key and value layouts of every column family are in docs/FORMAT.md.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -86,12 +87,27 @@ class KvStore {
   virtual uint64_t ApproximateSize(Cf cf) = 0;
 };
 
+// Test hook: while `disk_full` is set, every file write of the store fails as on a full disk
+// (ENOSPC), before anything reaches the file. Unit tests use it instead of a real full disk.
+struct KvFaultInjection {
+  std::atomic<bool> disk_full{false};
+};
+
 struct KvOptions {
   bool create_if_missing = false;
   size_t block_cache_bytes = 64 << 20;
+  KvFaultInjection* faults = nullptr;  // tests only; must outlive the store
 };
 
 // Opens (or creates) a RocksDB store in `dir`.
+//
+// Write errors: after a failed write (a full disk, an I/O error while writing its log or a
+// table file), RocksDB refuses every further write until the error is cleared. The store clears
+// it by itself: before the next Write, Sync or Flush it asks RocksDB to resume (flush what it
+// holds in memory to new files), which succeeds once the cause is gone, e.g. space was freed.
+// Until then those calls fail with NoSpace (full disk) or IOError, naming the first error and
+// what to do; nothing is acknowledged that was not stored. Reads keep working throughout. An
+// error RocksDB cannot resume from (it names it fatal) needs the store to be reopened.
 Result<std::unique_ptr<KvStore>> OpenRocksDbStore(const std::string& dir, const KvOptions& options);
 std::unique_ptr<KvStore> NewMemoryStore();
 

@@ -1,11 +1,28 @@
 // RocksDB implementation of KvStore. The only file that includes RocksDB headers.
+#include <fcntl.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/options_util.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <ctime>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
 
 #include "repo/kv.h"
 
@@ -41,6 +58,144 @@ Status Convert(const rocksdb::Status& s, const char* what) {
   return Status::IOError(msg);
 }
 
+// KvFaultInjection: a file system whose writes fail with ENOSPC while `disk_full` is set, where
+// a real one does: when data reaches the file (Append; POSIX Flush() only hands over RocksDB's
+// buffer, which Append already did), when blocks are allocated, and at sync.
+class FullDiskFile : public rocksdb::FSWritableFileOwnerWrapper {
+ public:
+  FullDiskFile(std::unique_ptr<rocksdb::FSWritableFile> file, const KvFaultInjection* faults)
+      : FSWritableFileOwnerWrapper(std::move(file)), faults_(faults) {}
+
+  using IOOptions = rocksdb::IOOptions;
+  using IOStatus = rocksdb::IOStatus;
+  using Dbg = rocksdb::IODebugContext;
+  IOStatus Append(const rocksdb::Slice& data, const IOOptions& o, Dbg* d) override {
+    return Full() ? NoSpace() : target()->Append(data, o, d);
+  }
+  IOStatus Append(const rocksdb::Slice& data, const IOOptions& o,
+                  const rocksdb::DataVerificationInfo& v, Dbg* d) override {
+    return Full() ? NoSpace() : target()->Append(data, o, v, d);
+  }
+  IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t off, const IOOptions& o,
+                            Dbg* d) override {
+    return Full() ? NoSpace() : target()->PositionedAppend(data, off, o, d);
+  }
+  IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t off, const IOOptions& o,
+                            const rocksdb::DataVerificationInfo& v, Dbg* d) override {
+    return Full() ? NoSpace() : target()->PositionedAppend(data, off, o, v, d);
+  }
+  IOStatus Sync(const IOOptions& o, Dbg* d) override {
+    return Full() ? NoSpace() : target()->Sync(o, d);
+  }
+  IOStatus Fsync(const IOOptions& o, Dbg* d) override {
+    return Full() ? NoSpace() : target()->Fsync(o, d);
+  }
+  IOStatus RangeSync(uint64_t off, uint64_t n, const IOOptions& o, Dbg* d) override {
+    return Full() ? NoSpace() : target()->RangeSync(off, n, o, d);
+  }
+  IOStatus Allocate(uint64_t off, uint64_t n, const IOOptions& o, Dbg* d) override {
+    return Full() ? NoSpace() : target()->Allocate(off, n, o, d);
+  }
+
+ private:
+  bool Full() const { return faults_->disk_full.load(); }
+  static IOStatus NoSpace() { return IOStatus::NoSpace("injected: No space left on device"); }
+  const KvFaultInjection* faults_;
+};
+
+class FullDiskFs : public rocksdb::FileSystemWrapper {
+ public:
+  FullDiskFs(const std::shared_ptr<rocksdb::FileSystem>& base, const KvFaultInjection* faults)
+      : FileSystemWrapper(base), faults_(faults) {}
+  const char* Name() const override { return "pgbackfs-full-disk"; }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                    rocksdb::IODebugContext* d) override {
+    return Wrap(target()->NewWritableFile(f, o, r, d), r);
+  }
+  rocksdb::IOStatus ReopenWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                       rocksdb::IODebugContext* d) override {
+    return Wrap(target()->ReopenWritableFile(f, o, r, d), r);
+  }
+  rocksdb::IOStatus ReuseWritableFile(const std::string& f, const std::string& old,
+                                      const rocksdb::FileOptions& o,
+                                      std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                      rocksdb::IODebugContext* d) override {
+    return Wrap(target()->ReuseWritableFile(f, old, o, r, d), r);
+  }
+
+ private:
+  rocksdb::IOStatus Wrap(rocksdb::IOStatus s, std::unique_ptr<rocksdb::FSWritableFile>* r) {
+    if (!s.ok()) return s;
+    *r = std::make_unique<FullDiskFile>(std::move(*r), faults_);
+    return s;
+  }
+  const KvFaultInjection* faults_;
+};
+
+// RocksDB's info log, DIR/LOG. Not RocksDB's own file logger: Debian's RocksDB is built with
+// assertions, and that logger aborts the process at the first line after one of its writes failed
+// (a full disk). This one drops the lines it cannot write.
+class InfoLog : public rocksdb::Logger {
+ public:
+  static std::shared_ptr<rocksdb::Logger> Open(const std::string& dir) {
+    const std::string path = dir + "/LOG";
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && st.st_size > kRotateBytes) {
+      rename(path.c_str(), (path + ".old").c_str());
+    }
+    return std::make_shared<InfoLog>(
+        open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  }
+  explicit InfoLog(int fd) : fd_(fd) {}
+  ~InfoLog() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    if (fd_ < 0) return;
+    char buf[4096];
+    struct timeval now;
+    gettimeofday(&now, nullptr);
+    struct tm t;
+    localtime_r(&now.tv_sec, &t);
+    int n = snprintf(buf, sizeof(buf), "%04d/%02d/%02d-%02d:%02d:%02d.%06ld ", t.tm_year + 1900,
+                     t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                     static_cast<long>(now.tv_usec));
+    int m = vsnprintf(buf + n, sizeof(buf) - n - 1, format, ap);
+    n = m < 0 ? n : std::min<int>(n + m, sizeof(buf) - 2);
+    if (buf[n - 1] != '\n') buf[n++] = '\n';
+    [[maybe_unused]] ssize_t written = write(fd_, buf, n);  // a line lost on a full disk is fine
+  }
+
+ private:
+  static constexpr off_t kRotateBytes = 16 << 20;
+  const int fd_;
+};
+
+// Notes that RocksDB stopped writing (a background error: a failed log write, flush or
+// compaction), so that the store resumes it before the next write; and turns RocksDB's own
+// recovery off. That one resumes as soon as the error is set, while the disk is still full, and
+// a resume whose flush fails turns the error fatal: only a reopen clears it then. The store
+// resumes only once there is room for what it has to flush (RocksStore::ResumeIfStopped).
+class StopListener : public rocksdb::EventListener {
+ public:
+  explicit StopListener(std::atomic<bool>* stopped) : stopped_(stopped) {}
+  void OnBackgroundError(rocksdb::BackgroundErrorReason, rocksdb::Status* error) override {
+    if (!error->ok()) stopped_->store(true);
+  }
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status,
+                            bool* auto_recovery) override {
+    *auto_recovery = false;
+  }
+
+ private:
+  std::atomic<bool>* stopped_;
+};
+
 class RocksIterator : public KvIterator {
  public:
   explicit RocksIterator(rocksdb::Iterator* it) : it_(it) {}
@@ -75,6 +230,8 @@ class RocksStore : public KvStore {
 
   static Result<std::unique_ptr<KvStore>> Open(const std::string& dir, const KvOptions& options) {
     auto store = std::unique_ptr<RocksStore>(new RocksStore());
+    store->dir_ = dir;
+    store->faults_ = options.faults;
     rocksdb::DBOptions db_options;
     db_options.create_if_missing = options.create_if_missing;
     db_options.create_missing_column_families = true;
@@ -88,6 +245,14 @@ class RocksStore : public KvStore {
     db_options.max_open_files = 512;
     db_options.skip_stats_update_on_db_open = true;
     db_options.skip_checking_sst_file_sizes_on_db_open = true;
+    db_options.listeners.push_back(std::make_shared<StopListener>(&store->stopped_));
+    if (options.create_if_missing) mkdir(dir.c_str(), 0700);  // for the log; exists is fine
+    db_options.info_log = InfoLog::Open(dir);
+    if (options.faults) {
+      store->env_ = rocksdb::NewCompositeEnv(
+          std::make_shared<FullDiskFs>(rocksdb::FileSystem::Default(), options.faults));
+      db_options.env = store->env_.get();
+    }
 
     auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
     auto table_options = [&](size_t block_size) {
@@ -143,6 +308,8 @@ class RocksStore : public KvStore {
   }
 
   Status Write(const KvBatch& batch, bool sync) override {
+    RETURN_IF_ERROR(ResumeIfStopped());
+    std::shared_lock<std::shared_mutex> io(io_mu_);
     rocksdb::WriteBatch wb;
     for (const auto& op : batch.ops()) {
       rocksdb::Status s =
@@ -151,7 +318,7 @@ class RocksStore : public KvStore {
     }
     rocksdb::WriteOptions wo;
     wo.sync = sync;
-    return Convert(db_->Write(wo, &wb), "write");
+    return Checked(db_->Write(wo, &wb), "write");
   }
 
   std::unique_ptr<KvIterator> NewIterator(Cf cf) override {
@@ -160,18 +327,33 @@ class RocksStore : public KvStore {
     return std::make_unique<RocksIterator>(db_->NewIterator(ro, handle(cf)));
   }
 
-  Status Sync() override { return Convert(db_->SyncWAL(), "sync wal"); }
+  // An empty synced write, not DB::SyncWAL(): a write goes through RocksDB's write queue, which
+  // refuses it once a write error stopped the store, whereas SyncWAL() on a log whose last write
+  // failed trips an assertion in Debian's RocksDB (the process aborts) when it races with the
+  // failing write. Syncing the log makes every earlier write durable either way.
+  Status Sync() override {
+    RETURN_IF_ERROR(ResumeIfStopped());
+    std::shared_lock<std::shared_mutex> io(io_mu_);
+    rocksdb::WriteBatch empty;
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    return Checked(db_->Write(wo, &empty), "sync");
+  }
 
   Status Flush() override {
+    RETURN_IF_ERROR(ResumeIfStopped());
+    std::shared_lock<std::shared_mutex> io(io_mu_);
     rocksdb::FlushOptions fo;
     fo.wait = true;
-    return Convert(db_->Flush(fo, handles_), "flush");
+    return Checked(db_->Flush(fo, handles_), "flush");
   }
 
   Status Compact(Cf cf) override {
+    RETURN_IF_ERROR(ResumeIfStopped());
+    std::shared_lock<std::shared_mutex> io(io_mu_);
     rocksdb::CompactRangeOptions co;
     co.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
-    return Convert(db_->CompactRange(co, handle(cf), nullptr, nullptr), "compact");
+    return Checked(db_->CompactRange(co, handle(cf), nullptr, nullptr), "compact");
   }
 
   uint64_t ApproximateSize(Cf cf) override {
@@ -186,8 +368,102 @@ class RocksStore : public KvStore {
   RocksStore() = default;
   rocksdb::ColumnFamilyHandle* handle(Cf cf) { return handles_[static_cast<int>(cf)]; }
 
+  // A failed write may have stopped RocksDB: the next write resumes it first.
+  Status Checked(const rocksdb::Status& s, const char* what) {
+    if (s.ok()) return Status::OK();
+    if (!s.IsInvalidArgument() && !s.IsNotSupported()) stopped_.store(true);
+    Status st = Convert(s, what);
+    if (st.code() != Status::Code::kNoSpace) return st;
+    return Status::NoSpace("the repository's file system is full (" + st.message() +
+                           "); this write was not stored: free space and retry");
+  }
+
+  // RocksDB refuses writes after a write error until DB::Resume() succeeds: it flushes the
+  // memtables to new files and switches to a new log. It is tried only when the file system has
+  // room for the memtables plus kResumeHeadroom (a resume that fails for lack of space would make
+  // the error fatal). Serialized; Busy while a flush is still running: wait for it.
+  static constexpr uint64_t kResumeHeadroom = 32 << 20;
+
+  Status ResumeIfStopped() {
+    if (!stopped_.load()) return Status::OK();
+    std::unique_lock<std::shared_mutex> lock(io_mu_);  // no write runs meanwhile
+    if (!stopped_.load()) return Status::OK();
+    const uint64_t need = MemtableBytes() + kResumeHeadroom;
+    const uint64_t free = FreeBytes();
+    if (free < need) {
+      return Status::NoSpace("the repository's file system is full (" + MiB(free) + " free, " +
+                             MiB(need) +
+                             " needed to resume); nothing is stored until space is freed, then "
+                             "writing resumes on its own");
+    }
+    rocksdb::Status s;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      s = db_->Resume();
+      if (!s.IsBusy()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (s.ok()) s = StartNewLog();
+    if (s.ok()) {
+      stopped_.store(false);
+      return Status::OK();
+    }
+    Status st = Convert(s, "resume writing after an earlier write error");
+    if (st.code() == Status::Code::kNoSpace) {
+      return Status::NoSpace("the repository's file system is full (" + st.message() +
+                             "); free space and retry");
+    }
+    return Status::IOError(
+        "the repository's database stopped writing after an error and "
+        "cannot resume (" +
+        st.message() + "); reopen the repository (remount) once fixed");
+  }
+
+  // Resume() starts a new log only when it has memtables to flush; with none, the log whose
+  // write failed stays current, and the next append to it aborts the process (an assertion in
+  // Debian's RocksDB). Flushing a memtable that holds an unlogged put and delete of one key (no
+  // trace in any table: the delete hides the put) always starts a new log.
+  rocksdb::Status StartNewLog() {
+    static constexpr char kKey[] = "\xffkv-new-log";
+    rocksdb::WriteBatch wb;
+    rocksdb::Status s = wb.Put(handle(Cf::kMeta), kKey, "");
+    if (s.ok()) s = wb.Delete(handle(Cf::kMeta), kKey);
+    rocksdb::WriteOptions wo;
+    wo.disableWAL = true;
+    if (s.ok()) s = db_->Write(wo, &wb);
+    rocksdb::FlushOptions fo;
+    fo.wait = true;
+    if (s.ok()) s = db_->Flush(fo, handle(Cf::kMeta));
+    return s;
+  }
+
+  // Bytes the store's files may still take (statvfs of its directory; none while
+  // KvFaultInjection says the disk is full).
+  uint64_t FreeBytes() const {
+    if (faults_ && faults_->disk_full.load()) return 0;
+    struct statvfs st;
+    if (statvfs(dir_.c_str(), &st) != 0) return UINT64_MAX;  // unknown: let Resume() tell
+    return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  }
+
+  uint64_t MemtableBytes() {
+    uint64_t total = 0;
+    for (auto* h : handles_) {
+      uint64_t bytes = 0;
+      if (db_->GetIntProperty(h, "rocksdb.cur-size-all-mem-tables", &bytes)) total += bytes;
+    }
+    return total;
+  }
+
+  static std::string MiB(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
+  std::string dir_;
+  const KvFaultInjection* faults_ = nullptr;
   rocksdb::DB* db_ = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::unique_ptr<rocksdb::Env> env_;  // KvFaultInjection only; outlives db_
+  std::atomic<bool> stopped_{false};
+  // Shared by every write, sync, flush and compaction; exclusive while resuming.
+  std::shared_mutex io_mu_;
 };
 
 }  // namespace

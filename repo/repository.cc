@@ -12,6 +12,7 @@
 
 #include "repo/coding.h"
 #include "repo/file_util.h"
+#include "repo/json_util.h"
 
 namespace pgbackfs {
 
@@ -19,6 +20,7 @@ namespace {
 constexpr char kConfigFile[] = "/pgbackfs.json";
 constexpr char kDbDir[] = "/db";
 constexpr char kLockFile[] = "/lock";
+constexpr off_t kMaxConfigBytes = 64 << 10;
 }  // namespace
 
 int RepoConfig::zstd_level() const {
@@ -95,6 +97,11 @@ Status Repository::Init(const std::string& path, const RepoConfig& in) {
     ASSIGN_OR_RETURN(auto kv, OpenRocksDbStore(path + kDbDir, kv_options));
     RETURN_IF_ERROR(kv->Sync());
   }
+  // RocksDB makes its directory 0755 and its files 0644; the repository's 0700 is what keeps
+  // others out, and db/ is closed too in case the top directory is ever opened up.
+  if (chmod((path + kDbDir).c_str(), 0700) != 0) {
+    return Status::FromErrno(errno, "chmod '" + path + kDbDir + "'");
+  }
   nlohmann::json j = {{"format_version", config.format_version},
                       {"chunk_size", config.chunk_size},
                       {"compression", config.compression},
@@ -113,12 +120,24 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
   if (!S_ISDIR(st.st_mode)) {
     return Status::FailedPrecondition("'" + path + "' is not a directory");
   }
+  // A FIFO or a device under the config file's name would block or never end a read.
+  const std::string config_path = path + kConfigFile;
+  if (stat(config_path.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return Status::FailedPrecondition("'" + path +
+                                        "' is not a pgbackfs repository (no pgbackfs.json; "
+                                        "create one with 'pgbackfs init')");
+    }
+    return Status::FromErrno(errno, "stat '" + config_path + "'");
+  }
+  if (!S_ISREG(st.st_mode) || st.st_size > kMaxConfigBytes) {
+    return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository ('" +
+                                      config_path + "' is not a small regular file)");
+  }
   std::string text;
-  Status s = ReadSmallFile(path + kConfigFile, &text);
+  Status s = ReadSmallFile(config_path, &text);
   if (s.IsNotFound()) {
-    return Status::FailedPrecondition("'" + path +
-                                      "' is not a pgbackfs repository (no pgbackfs.json; create "
-                                      "one with 'pgbackfs init')");
+    return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository");
   }
   RETURN_IF_ERROR(s);
   RepoConfig config;
@@ -127,17 +146,31 @@ Result<RepoConfig> Repository::ReadConfig(const std::string& path) {
     if (j.value("tool", "") != "pgbackfs") {
       return Status::FailedPrecondition("'" + path + "' is not a pgbackfs repository");
     }
-    config.format_version = j.at("format_version").get<int>();
-    if (config.format_version > kFormatVersion) {
+    // get<int>() of a floating-point value out of int's range would be undefined behaviour.
+    const nlohmann::json& version = j.at("format_version");
+    if (!version.is_number_integer()) {
+      return Status::Corruption("bad '" + config_path + "': format_version is not an integer");
+    }
+    const int64_t format_version = version.get<int64_t>();
+    if (format_version < 1) {
+      return Status::Corruption("bad '" + config_path + "': unknown format version " +
+                                std::to_string(format_version));
+    }
+    if (format_version > kFormatVersion) {
       return Status::FailedPrecondition("repository '" + path + "' has format version " +
-                                        std::to_string(config.format_version) +
+                                        std::to_string(format_version) +
                                         ", newer than this pgbackfs supports (" +
                                         std::to_string(kFormatVersion) + "); upgrade pgbackfs");
     }
-    config.chunk_size = j.at("chunk_size").get<size_t>();
+    config.format_version = static_cast<int>(format_version);
+    const nlohmann::json& chunk_size = j.at("chunk_size");
+    if (!chunk_size.is_number_unsigned()) {
+      return Status::Corruption("bad '" + config_path + "': chunk_size is not an integer");
+    }
+    config.chunk_size = chunk_size.get<size_t>();
     config.compression = j.at("compression").get<std::string>();
     config.repository_id = j.value("repository_id", "");
-    config.created = j.value("created", int64_t{0});
+    config.created = JsonIntOr<int64_t>(j, "created", 0);
   } catch (const std::exception& e) {
     return Status::Corruption("bad '" + path + kConfigFile + "': " + e.what());
   }

@@ -19,8 +19,11 @@ namespace pgbackfs {
 
 // 2: chunks may be compressed with a zstd dictionary (docs/FORMAT.md, "chunks"). A format-1
 // repository is still read and written, without dictionaries, so older pgbackfs can read it.
-constexpr int kFormatVersion = 2;
+// 3: archived WAL files have chunks of their own size, kWalChunkSize (WAL record version 2,
+// docs/FORMAT.md, "WAL archive"). Older repositories go on getting version-1 records.
+constexpr int kFormatVersion = 3;
 constexpr int kFirstFormatWithZstdDictionaries = 2;
+constexpr int kFirstFormatWithWalChunkSize = 3;
 
 struct RepoConfig {
   int format_version = kFormatVersion;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "repo/coding.h"
+#include "repo/json_util.h"
 
 namespace pgbackfs {
 
@@ -45,7 +46,7 @@ Status Entry::DecodeFrom(Decoder* in, Entry* e) {
   e->name.assign(name);
   e->link_target.assign(link);
   if (e->name.empty() || e->name.find('/') != std::string::npos || e->name == "." ||
-      e->name == "..") {
+      e->name == ".." || e->name.find('\0') != std::string::npos) {
     return Status::Corruption("bad entry name '" + e->name + "'");
   }
   return Status::OK();
@@ -122,30 +123,32 @@ std::string SnapshotInfo::Encode() const {
 Status SnapshotInfo::Decode(std::string_view data, SnapshotInfo* info) {
   try {
     nlohmann::json j = nlohmann::json::parse(data);
-    if (j.value("format", 0) != 1) return Status::Corruption("unknown snapshot record format");
+    if (JsonIntOr<int>(j, "format", 0) != 1)
+      return Status::Corruption("unknown snapshot record format");
     info->id = j.at("id").get<std::string>();
     info->kind = j.value("kind", "backup");
     info->label = j.value("label", "");
     info->start_lsn = j.value("start_lsn", "");
     info->end_lsn = j.value("end_lsn", "");
-    info->timeline = j.value("timeline", 0u);
-    info->start_time = j.value("start_time", int64_t{0});
-    info->stop_time = j.value("stop_time", int64_t{0});
+    info->timeline = JsonIntOr<uint32_t>(j, "timeline", 0);
+    info->start_time = JsonIntOr<int64_t>(j, "start_time", 0);
+    info->stop_time = JsonIntOr<int64_t>(j, "stop_time", 0);
     info->pg_version = j.value("pg_version", "");
-    info->pg_version_num = j.value("pg_version_num", 0u);
+    info->pg_version_num = JsonIntOr<uint32_t>(j, "pg_version_num", 0);
     info->system_identifier = j.value("system_identifier", "");
-    info->logical_size = j.value("logical_size", uint64_t{0});
-    info->file_count = j.value("file_count", uint64_t{0});
-    info->bytes_added = j.value("bytes_added", uint64_t{0});
+    info->logical_size = JsonIntOr<uint64_t>(j, "logical_size", 0);
+    info->file_count = JsonIntOr<uint64_t>(j, "file_count", 0);
+    info->bytes_added = JsonIntOr<uint64_t>(j, "bytes_added", 0);
     info->parent = j.value("parent", "");
     if (j.contains("extra")) info->extra = j["extra"];
     const auto& r = j.at("root");
     info->root = Entry();
     info->root.type = EntryType::kDirectory;
-    info->root.mode = r.at("mode").get<uint32_t>();
-    info->root.mtime_sec = r.at("mtime").get<int64_t>();
-    info->root.data.size = r.at("size").get<uint64_t>();
-    info->root.data.root.height = r.at("height").get<uint8_t>();
+    info->root.mode = JsonInt<uint32_t>(r, "mode");
+    info->root.mtime_sec = JsonInt<int64_t>(r, "mtime");
+    info->root.data.size = JsonInt<uint64_t>(r, "size");
+    info->root.data.root.height = JsonInt<uint8_t>(r, "height");
+    if (info->root.data.root.height > 8) return Status::Corruption("bad root tree height");
     std::string raw;
     if (!HexDecode(r.at("id").get<std::string>(), &raw) || raw.size() != 16) {
       return Status::Corruption("bad root id in snapshot record");

@@ -63,8 +63,8 @@ class Verifier {
 
   // Checks one file tree: index blocks decode, leaves are present and sound.
   void CheckFile(const std::string& snap, const std::string& path, const FileData& data) {
-    const size_t chunk = repo_->config().chunk_size;
-    TreeReader reader(repo_->chunks(), data, chunk);
+    TreeReader reader(repo_->chunks(), data, repo_->config().chunk_size);
+    const size_t chunk = reader.chunk_size();
     std::vector<std::pair<uint64_t, ChunkId>> leaves;
     auto check_leaves = [&] {
       std::vector<Status> results(leaves.size());

@@ -15,6 +15,7 @@
 #include "repo/chunk_tree.h"
 #include "repo/repository.h"
 #include "repo/wal_format.h"
+#include "repo/wal_index.h"
 
 namespace pgbackfs {
 
@@ -24,12 +25,19 @@ namespace pgbackfs {
 // "…01.00000028.backup". InvalidArgument (naming the file) otherwise.
 Status ParseWalFileName(const std::string& name, WalFileKind* kind);
 
+// The leaf size of archived WAL files in repositories of format >= 3
+// (kFirstFormatWithWalChunkSize). WAL is written once and read whole, in order, and hardly ever
+// shares a chunk with anything but itself, so small chunks buy no deduplication; large ones cost
+// 128 times fewer chunk writes and lookups per 16 MiB segment, and compress better on their own
+// than 8 KiB ones do with a dictionary. 1 MiB is also what cp writes and the mount reads at a time.
+inline constexpr uint32_t kWalChunkSize = 1 << 20;
+
 // The Cf::kWal record of one archived file; the key is the file name. Layout: docs/FORMAT.md,
 // "wal" (EncodeTo / DecodeFrom are the only code that reads or writes it).
 struct WalFileInfo {
   std::string name;
   WalFileKind kind;
-  FileData data;
+  FileData data;              // data.chunk_size is 0 (the repository's) in record version 1
   int64_t archived_time = 0;  // unix seconds
 
   void EncodeTo(std::string* dst) const;  // everything but `name`, which is the key
@@ -45,6 +53,12 @@ class WalArchive;
 // Receives one file's bytes. Writes must go forward (a gap is filled with zeros); the file is
 // stored and made visible only by Commit(). A writer dropped without Commit() leaves nothing
 // visible (its chunks are unreferenced). Not thread-safe.
+//
+// Write() checks the offset and size and queues the bytes; a thread of the writer's own stores
+// them (hashes, compresses, writes chunks, and parses a segment for the WAL index) while the
+// caller sends the next ones. An error storing them is returned by a later call, at the latest
+// by Commit(), which waits for everything queued. Memory: a few MiB per writer
+// (repo/wal_archive.cc, Pipeline).
 class WalWriter {
  public:
   virtual ~WalWriter() = default;
@@ -92,9 +106,11 @@ class WalArchive {
   friend class WalWriterImpl;
 
   // The check-and-write at the end of a writer's life: validates `data` (whose first bytes are
-  // `head`) for `name`, and stores its record unless the name is already taken.
+  // `head`) for `name`, and stores its record unless the name is already taken, with the WAL
+  // index entries of a segment in the same synced write. `parse` (may be null: the segment is
+  // then read back and parsed here) is the writer's parse of the same bytes, made by `index`.
   Status CommitFile(const std::string& name, const WalFileName& parsed, const FileData& data,
-                    std::string_view head);
+                    std::string_view head, WalIndex* index, WalSegmentParse* parse);
   Status ValidateSegment(const std::string& name, const WalFileName& parsed, const FileData& data,
                          std::string_view head, uint64_t stored_seg_size, uint64_t* seg_size);
   Result<uint64_t> ReadSegmentSize();  // one Get; callers that decide on it hold CommitMutex()

@@ -278,35 +278,68 @@ Result<WalSegmentRecord> WalIndex::PrepareSegment(const std::string& name, const
   return Prepare(name, source, batch, options, true);
 }
 
-Result<WalSegmentRecord> WalIndex::Prepare(const std::string& name, const ByteSource& source,
-                                           KvBatch* batch, const WalIndexOptions& options,
-                                           bool fetch_neighbors) {
+// Everything parsing one segment gathers before it goes into a batch.
+struct WalSegmentParse::State {
+  std::string name;
   WalSegmentName sn;
+  WalIndexOptions options;
+  WalSegmentRecord rec;
+  KvBatch entries;  // events, and the xid and restore point keys pointing at them
+  std::unique_ptr<WalParser> parser;
+  Status parse_status;  // the first error of Feed (the parser refuses more input after one)
+  Status lookup_error;  // the continuation lookup failed (an error of the store, not of the WAL)
+  // The lookup of the previous segment's unfinished record, made at the first page.
+  bool asked = false;
+  uint64_t asked_lsn = 0, asked_seg_size = 0;
+  std::optional<std::string> answer;  // the continuation it got, encoded (nullopt: none)
+};
+
+WalSegmentParse::WalSegmentParse(std::unique_ptr<State> state) : state_(std::move(state)) {}
+WalSegmentParse::~WalSegmentParse() = default;
+
+void WalSegmentParse::Feed(std::string_view data) {
+  if (!state_->parse_status.ok() || data.empty()) return;
+  state_->parse_status = state_->parser->Feed(data);
+}
+
+Result<std::unique_ptr<WalSegmentParse>> WalIndex::StartParse(const std::string& name,
+                                                              const WalIndexOptions& options,
+                                                              bool fetch_neighbors) {
+  auto st = std::make_unique<WalSegmentParse::State>();
   bool partial = false;
-  RETURN_IF_ERROR(ParseWalSegmentName(name, &sn, &partial));
+  RETURN_IF_ERROR(ParseWalSegmentName(name, &st->sn, &partial));
   if (partial)
     return Status::InvalidArgument(
         "'" + name + "': partial files are not indexed (recovery does not read them)");
-  WalSegmentRecord rec;
-  rec.name = sn;
-  rec.tolerant = options.tolerant;
+  st->name = name;
+  st->options = options;
+  st->rec.name = st->sn;
+  st->rec.tolerant = options.tolerant;
 
-  WalParser* parser_ptr = nullptr;
-  Status lookup_error;
+  WalSegmentParse::State* p = st.get();
   WalParserOptions po;
   po.tolerant = options.tolerant;
-  po.continuation = [&](uint64_t resume_lsn) -> Result<std::optional<WalContinuation>> {
-    auto c =
-        LookupContinuation(sn.tli, resume_lsn, fetch_neighbors, parser_ptr->summary().seg_size);
-    if (!c.ok()) lookup_error = c.status();
+  po.continuation =
+      [this, p, fetch_neighbors](uint64_t resume_lsn) -> Result<std::optional<WalContinuation>> {
+    p->asked = true;
+    p->asked_lsn = resume_lsn;
+    p->asked_seg_size = p->parser->summary().seg_size;
+    auto c = LookupContinuation(p->sn.tli, resume_lsn, fetch_neighbors, p->asked_seg_size);
+    if (!c.ok()) {
+      p->lookup_error = c.status();
+    } else if (c->has_value()) {
+      p->answer.emplace();
+      (*c)->EncodeTo(&*p->answer);
+    }
     return c;
   };
-  WalParser parser(name, std::move(po), [&](const WalEvent& e) {
+  st->parser = std::make_unique<WalParser>(name, std::move(po), [p](const WalEvent& e) {
+    WalSegmentRecord& rec = p->rec;
     std::string value;
     e.EncodeTo(&value);
-    batch->Put(Cf::kMeta, WalEventKey(e.tli, e.lsn), value);
+    p->entries.Put(Cf::kMeta, WalEventKey(e.tli, e.lsn), value);
     if (e.is_xact_end()) {
-      batch->Put(Cf::kMeta, XidKey(e.xid, e.tli, e.lsn), {});
+      p->entries.Put(Cf::kMeta, XidKey(e.xid, e.tli, e.lsn), {});
       if (e.is_commit()) {
         if (rec.commits++ == 0) rec.first_commit_time = e.time;
         rec.last_commit_time = e.time;
@@ -316,24 +349,66 @@ Result<WalSegmentRecord> WalIndex::Prepare(const std::string& name, const ByteSo
       if (rec.commits + rec.aborts == 1 || e.time > rec.max_xact_time) rec.max_xact_time = e.time;
       rec.last_xact_lsn = e.lsn;
     } else if (e.type == WalEventType::kRestorePoint) {
-      batch->Put(Cf::kMeta, RestorePointKey(e.name, e.tli, e.lsn), {});
+      p->entries.Put(Cf::kMeta, RestorePointKey(e.name, e.tli, e.lsn), {});
     }
     return Status::OK();
   });
-  parser_ptr = &parser;
+  return std::unique_ptr<WalSegmentParse>(new WalSegmentParse(std::move(st)));
+}
 
-  Status parse_status;
+Result<std::unique_ptr<WalSegmentParse>> WalIndex::StartSegment(const std::string& name,
+                                                                const WalIndexOptions& options) {
+  // Reads only: the previous segment is not indexed on the way (PrepareParsedSegment does that,
+  // under its caller's lock, and parses again if it changes the answer).
+  return StartParse(name, options, /*fetch_neighbors=*/false);
+}
+
+Result<WalSegmentRecord> WalIndex::Prepare(const std::string& name, const ByteSource& source,
+                                           KvBatch* batch, const WalIndexOptions& options,
+                                           bool fetch_neighbors) {
+  ASSIGN_OR_RETURN(std::unique_ptr<WalSegmentParse> parse,
+                   StartParse(name, options, fetch_neighbors));
+  WalSegmentParse::State& p = *parse->state_;
   Status s = source([&](std::string_view piece) {
-    parse_status = parser.Feed(piece);
-    return parse_status;
+    parse->Feed(piece);
+    return p.parse_status;
   });
-  if (!lookup_error.ok()) return lookup_error;
-  if (!s.ok() && parse_status.ok()) return s.WithContext("reading '" + name + "'");
-  if (s.ok()) parse_status = parser.Finish();
+  if (!p.lookup_error.ok()) return p.lookup_error;
+  if (!s.ok() && p.parse_status.ok()) return s.WithContext("reading '" + name + "'");
+  return FinishParse(parse.get(), batch);
+}
 
+Result<WalSegmentRecord> WalIndex::PrepareParsedSegment(WalSegmentParse* parse,
+                                                        const ByteSource& source, KvBatch* batch) {
+  WalSegmentParse::State& p = *parse->state_;
+  if (p.asked) {
+    // The parse depended on the index: the previous segment's unfinished record. It stands if
+    // the answer is the same now (looked up as PrepareSegment would, indexing the previous
+    // segment if it is archived but not indexed yet).
+    ASSIGN_OR_RETURN(std::optional<WalContinuation> now,
+                     LookupContinuation(p.sn.tli, p.asked_lsn, true, p.asked_seg_size));
+    std::optional<std::string> encoded;
+    if (now) {
+      encoded.emplace();
+      now->EncodeTo(&*encoded);
+    }
+    if (!p.lookup_error.ok() || encoded != p.answer) {
+      return Prepare(p.name, source, batch, p.options, true);
+    }
+  }
+  return FinishParse(parse, batch);
+}
+
+Result<WalSegmentRecord> WalIndex::FinishParse(WalSegmentParse* parse, KvBatch* batch) {
+  WalSegmentParse::State& p = *parse->state_;
+  if (!p.lookup_error.ok()) return p.lookup_error;
+  if (p.parse_status.ok()) p.parse_status = p.parser->Finish();
+
+  WalSegmentRecord rec = p.rec;
+  const WalParser& parser = *p.parser;
   const WalParseSummary& m = parser.summary();
-  rec.ok = parse_status.ok();
-  rec.error = rec.ok ? m.end_detail : parse_status.message();
+  rec.ok = p.parse_status.ok();
+  rec.error = rec.ok ? m.end_detail : p.parse_status.message();
   rec.end = m.end;
   rec.continues = m.continues;
   rec.seg_size = m.seg_size;
@@ -344,20 +419,28 @@ Result<WalSegmentRecord> WalIndex::Prepare(const std::string& name, const ByteSo
   rec.end_lsn = m.end_lsn;
   rec.unverified_head = m.unverified_head;
   rec.records = m.records;
+
+  // The entries found go in either way (what the bytes say never changes).
+  if (batch->empty()) {
+    *batch = std::move(p.entries);
+  } else {
+    for (const KvBatch::Op& op : p.entries.ops()) batch->Put(op.cf, op.key, op.value);
+  }
+  p.entries.Clear();
   if (parser.continuation()) {
     std::string value;
     parser.continuation()->EncodeTo(&value);
-    batch->Put(Cf::kMeta, ContKey(sn.tli, parser.continuation()->resume_lsn), value);
+    batch->Put(Cf::kMeta, ContKey(p.sn.tli, parser.continuation()->resume_lsn), value);
   }
 
   // Keep the better of what is stored and what this parse found.
-  std::string key = WalSegmentKey(sn), stored;
+  std::string key = WalSegmentKey(p.sn), stored;
   Status g = kv_->Get(Cf::kMeta, key, &stored);
   if (g.ok()) {
     WalSegmentRecord old;
     Decoder d(stored);
     RETURN_IF_ERROR(WalSegmentRecord::DecodeFrom(&d, &old));
-    old.name = sn;
+    old.name = p.sn;
     if (Rank(old) > Rank(rec)) return old;
   } else if (!g.IsNotFound()) {
     return g;

@@ -142,6 +142,29 @@ struct WalIndexOptions {
   bool tolerant = false;
 };
 
+// A segment parsed as its bytes arrive, for a writer that stores them at the same time (the
+// archive), so that its index entries are ready when it commits and the segment is never read
+// back. Made by WalIndex::StartSegment, finished by WalIndex::PrepareParsedSegment. Memory: the
+// parser's (a page and a bounded record prefix) plus the entries found so far.
+// Not thread-safe; the index that made it must outlive it.
+class WalSegmentParse {
+ public:
+  ~WalSegmentParse();
+  WalSegmentParse(const WalSegmentParse&) = delete;
+  WalSegmentParse& operator=(const WalSegmentParse&) = delete;
+
+  // Parses the next bytes of the file, in order. A parse error is not returned: it is recorded,
+  // and the segment record says why, as with PrepareSegment. Errors reading the index (the
+  // previous segment's unfinished record) are returned by PrepareParsedSegment.
+  void Feed(std::string_view data);
+
+ private:
+  friend class WalIndex;
+  struct State;
+  explicit WalSegmentParse(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
 // Thread-safe. IndexSegment and IndexHistory are serialized, so that a segment indexed at the
 // same time as its neighbour still finds the record the neighbour leaves unfinished. Callers of
 // PrepareSegment serialize it with their own write of the batch.
@@ -165,6 +188,17 @@ class WalIndex {
   // archive's own record of the file in one synced write.
   Result<WalSegmentRecord> PrepareSegment(const std::string& name, const ByteSource& source,
                                           KvBatch* batch, const WalIndexOptions& options = {});
+  // The same in two steps, for a segment whose bytes are being stored: StartSegment before the
+  // first byte (InvalidArgument for a bad or .partial name), WalSegmentParse::Feed as they come,
+  // then PrepareParsedSegment, which gives the same record and entries as PrepareSegment over
+  // the same bytes. While feeding, the parse reads the index (never writes it, so it needs no
+  // lock). Only when the index has changed under it in a way that matters (the previous
+  // segment's unfinished record, which the parse looked up at its first page, is different by
+  // the time it is prepared) is the file read again from `source`.
+  Result<std::unique_ptr<WalSegmentParse>> StartSegment(const std::string& name,
+                                                        const WalIndexOptions& options = {});
+  Result<WalSegmentRecord> PrepareParsedSegment(WalSegmentParse* parse, const ByteSource& source,
+                                                KvBatch* batch);
   // Parses and stores "TTTTTTTT.history".
   Status IndexHistory(const std::string& name, std::string_view content);
 
@@ -210,6 +244,11 @@ class WalIndex {
   Result<WalSegmentRecord> Prepare(const std::string& name, const ByteSource& source,
                                    KvBatch* batch, const WalIndexOptions& options,
                                    bool fetch_neighbors);
+  Result<std::unique_ptr<WalSegmentParse>> StartParse(const std::string& name,
+                                                      const WalIndexOptions& options,
+                                                      bool fetch_neighbors);
+  // What the parse found, into `batch`, unless the stored record is better.
+  Result<WalSegmentRecord> FinishParse(WalSegmentParse* parse, KvBatch* batch);
   Result<std::optional<WalContinuation>> LookupContinuation(uint32_t tli, uint64_t resume_lsn,
                                                             bool fetch_neighbors,
                                                             uint64_t seg_size);

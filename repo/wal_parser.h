@@ -34,8 +34,15 @@ Result<uint64_t> ParseLsn(std::string_view text);
 
 // PostgreSQL's TimestampTz: microseconds since 2000-01-01 00:00:00 UTC.
 inline constexpr int64_t kPgEpochUnixSeconds = 946684800;
+// Saturates at TimestampTz's range (about 292,000 years either way), which only damaged input
+// leaves (a checkpoint record's time, a snapshot record's stop_time).
 inline int64_t UnixSecondsToTimestampTz(int64_t unix_seconds) {
-  return (unix_seconds - kPgEpochUnixSeconds) * 1000000;
+  int64_t ts;
+  if (__builtin_sub_overflow(unix_seconds, kPgEpochUnixSeconds, &ts) ||
+      __builtin_mul_overflow(ts, 1000000, &ts)) {
+    return unix_seconds < 0 ? INT64_MIN : INT64_MAX;
+  }
+  return ts;
 }
 inline int64_t TimestampTzToUnixSeconds(int64_t ts) {
   int64_t s = ts / 1000000;

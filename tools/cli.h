@@ -36,6 +36,9 @@ struct CommandIo {
 // owns the repository. Only RunCli's caller in main.cc catches it.
 struct ForwardToDaemon {
   std::string socket_path;
+  // Appended to the forwarded command line: what the daemon needs from this process that is not
+  // in its arguments (backup: the libpq environment, PGPASSWORD and the like).
+  std::vector<std::string> extra_args;
 };
 
 // Hands commands an open repository. The CLI opens (and locks) it; the daemon hands out its own.

@@ -52,9 +52,15 @@ Repository* OpenRepoWaiting(CliContext* ctx, const std::string& path, int timeou
 }
 
 Status PushFile(WalArchive* archive, const std::string& path, const std::string& name) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO under a WAL file's name must not hang the archive_command.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return Status::FromErrno(errno, "open WAL file '" + path + "'");
   Status s = [&]() -> Status {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return Status::FromErrno(errno, "stat WAL file '" + path + "'");
+    if (!S_ISREG(st.st_mode)) {
+      return Status::InvalidArgument("'" + path + "' is not a regular file");
+    }
     ASSIGN_OR_RETURN(std::unique_ptr<WalWriter> writer, archive->NewWriter(name));
     std::string buf(kReadPiece, '\0');
     uint64_t offset = 0;

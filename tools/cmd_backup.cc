@@ -6,8 +6,12 @@
 // pg_wal/ stays in the snapshot so that a restored copy starts on its own. The snapshot record is
 // written last, in one synced write: a backup that dies at any point before leaves nothing listed
 // (invariant 3), only unreferenced chunks.
+#include <libpq-fe.h>
+#include <sys/stat.h>
+
 #include <chrono>
 #include <cinttypes>
+#include <cstdlib>
 #include <ctime>
 #include <mutex>
 #include <optional>
@@ -195,7 +199,68 @@ struct BackupArgs {
   bool fast_checkpoint = false;
   bool progress = false;
   uint32_t max_rate_kb = 0;
+  // KEYWORD=VALUE connection defaults of the process that forwarded the command (its libpq
+  // environment), below what the connection string says.
+  std::vector<std::string> client_defaults;
 };
+
+constexpr char kClientDefaultOption[] = "--client-conn-default";
+
+// The connection settings this process's environment gives libpq (PGPASSWORD, PGHOST, PGUSER,
+// PGPASSFILE, ...; and the password file it would read by default), as KEYWORD=VALUE. A command
+// forwarded to the mount daemon runs in the daemon's environment, which does not have them.
+std::vector<std::string> LibpqEnvironmentDefaults() {
+  std::vector<std::string> out;
+  PQconninfoOption* defaults = PQconndefaults();
+  if (!defaults) return out;
+  bool passfile = false;
+  for (PQconninfoOption* o = defaults; o->keyword; ++o) {
+    const char* value = o->envvar ? getenv(o->envvar) : nullptr;
+    if (!value || !*value) continue;
+    out.push_back(std::string(o->keyword) + "=" + value);
+    passfile = passfile || std::string_view(o->keyword) == "passfile";
+  }
+  PQconninfoFree(defaults);
+  const char* home = getenv("HOME");
+  struct stat st;
+  if (!passfile && home && *home && stat((std::string(home) + "/.pgpass").c_str(), &st) == 0) {
+    out.push_back(std::string("passfile=") + home + "/.pgpass");
+  }
+  return out;
+}
+
+// `conninfo` as a key=value string with the forwarding client's defaults added for what it does
+// not set itself. Unchanged if it does not parse (connecting then says why).
+std::string WithClientDefaults(const std::string& conninfo,
+                               const std::vector<std::string>& defaults) {
+  if (defaults.empty()) return conninfo;
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &err);
+  if (err) PQfreemem(err);
+  if (!parsed) return conninfo;
+  auto quote = [](std::string_view v) {
+    std::string q = "'";
+    for (char c : v) {
+      if (c == '\\' || c == '\'') q.push_back('\\');
+      q.push_back(c);
+    }
+    return q + "'";
+  };
+  std::string out;
+  std::set<std::string> given;
+  for (PQconninfoOption* o = parsed; o->keyword; ++o) {
+    if (!o->val || !*o->val) continue;
+    given.insert(o->keyword);
+    out += std::string(out.empty() ? "" : " ") + o->keyword + "=" + quote(o->val);
+  }
+  PQconninfoFree(parsed);
+  for (const std::string& d : defaults) {
+    size_t eq = d.find('=');
+    if (eq == std::string::npos || eq == 0 || given.count(d.substr(0, eq))) continue;
+    out += std::string(out.empty() ? "" : " ") + d.substr(0, eq) + "=" + quote(d.substr(eq + 1));
+  }
+  return out;
+}
 
 // "16MB" (as SHOW prints a size) in bytes.
 Result<uint64_t> ParseServerSize(const std::string& text) {
@@ -240,7 +305,8 @@ Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   const auto started = Clock::now();
   const bool show_progress = args.progress || ctx->io->err_is_tty;
 
-  ASSIGN_OR_RETURN(auto pg, PgReplicationConnection::Connect(args.conninfo));
+  ASSIGN_OR_RETURN(auto pg, PgReplicationConnection::Connect(
+                                WithClientDefaults(args.conninfo, args.client_defaults)));
   pg->SetNoticeHandler([err](std::string_view text) {
     fprintf(err, "pgbackfs: server: %.*s\n", static_cast<int>(text.size()), text.data());
   });
@@ -339,8 +405,18 @@ void AddBackupCommand(CLI::App* app, CliContext* ctx) {
   cmd->add_option("--max-rate", args->max_rate_kb, "transfer rate limit in kB/s (32-1048576)")
       ->check(CLI::Range(32u, 1048576u))
       ->group("");
+  cmd->add_option(kClientDefaultOption, args->client_defaults)->group("");
   cmd->callback([args, ctx] {
-    Result<Repository*> repo = ctx->repos->Get(ctx->io->Abs(args->repo));
+    Result<Repository*> repo = [&]() -> Result<Repository*> {
+      try {
+        return ctx->repos->Get(ctx->io->Abs(args->repo));
+      } catch (ForwardToDaemon& forward) {
+        for (const std::string& d : LibpqEnvironmentDefaults()) {
+          forward.extra_args.push_back(std::string(kClientDefaultOption) + "=" + d);
+        }
+        throw;
+      }
+    }();
     if (!repo.ok()) {
       Status s = repo.status();
       if (s.code() == Status::Code::kBusy) {

@@ -2,11 +2,13 @@
 #include <unistd.h>
 
 #include <climits>
+#include <cstring>
 #include <memory>
 
 #include "repo/file_util.h"
 #include "tools/cli.h"
 #include "tools/control.h"
+#include "tools/pg_client.h"
 
 namespace {
 
@@ -27,7 +29,7 @@ class LocalRepoProvider : public pgbackfs::RepoProvider {
       // anyway, so only a live daemon can be reached here.
       if (repo.status().code() == pgbackfs::Status::Code::kBusy) {
         std::string socket = pgbackfs::ControlSocketPath(path);
-        if (pgbackfs::ControlSocketAccepts(socket)) throw pgbackfs::ForwardToDaemon{socket};
+        if (pgbackfs::ControlSocketAccepts(socket)) throw pgbackfs::ForwardToDaemon{socket, {}};
       }
       return repo.status();
     }
@@ -39,10 +41,25 @@ class LocalRepoProvider : public pgbackfs::RepoProvider {
   std::unique_ptr<pgbackfs::Repository> repo_;
 };
 
+// Every local user can read a process's arguments (/proc/PID/cmdline, ps), so once they are
+// copied, the passwords of connection strings in them (backup -d '... password=X') are
+// overwritten in place. This cannot close the window between exec and here: PGPASSWORD or a
+// password file (~/.pgpass, PGPASSFILE) keeps a password off the command line altogether.
+void HidePasswordsInArgv(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    size_t len = strlen(argv[i]);
+    std::string redacted = pgbackfs::RedactPasswords(argv[i], argv[i]);
+    if (redacted == std::string_view(argv[i], len)) continue;
+    redacted.resize(len, ' ');  // the same length: the argument area cannot grow
+    memcpy(argv[i], redacted.data(), len);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);
+  HidePasswordsInArgv(argc, argv);
   pgbackfs::CommandIo io;
   char cwd[PATH_MAX];
   if (getcwd(cwd, sizeof(cwd))) io.cwd = cwd;
@@ -53,6 +70,7 @@ int main(int argc, char** argv) {
   } catch (const pgbackfs::ForwardToDaemon& forward) {
     fflush(stdout);
     fflush(stderr);
+    args.insert(args.end(), forward.extra_args.begin(), forward.extra_args.end());
     return pgbackfs::ForwardCommand(forward.socket_path, args, io.cwd);
   }
 }

@@ -335,6 +335,42 @@ Result<std::string> PgReplicationConnection::Show(const std::string& setting) {
   return std::string(PQgetvalue(res.get(), 0, 0));
 }
 
+Status BaseBackupStreamDecoder::OnMessage(std::string_view message) {
+  if (message.empty()) return Status::IOError("base backup stream: empty message");
+  std::string_view msg = message.substr(1);
+  switch (message[0]) {
+    case 'n': {  // new archive: name\0 location\0
+      size_t a = msg.find('\0');
+      size_t b = a == std::string_view::npos ? a : msg.find('\0', a + 1);
+      if (b == std::string_view::npos) {
+        return Status::IOError("base backup stream: bad new-archive message");
+      }
+      if (in_manifest_) return Status::IOError("base backup stream: archive after the manifest");
+      in_archive_ = true;
+      return handler_->OnArchive(std::string(msg.substr(0, a)),
+                                 std::string(msg.substr(a + 1, b - a - 1)));
+    }
+    case 'd':
+      if (in_manifest_) return handler_->OnManifestData(msg);
+      if (in_archive_) return handler_->OnArchiveData(msg);
+      return Status::IOError("base backup stream: data before any archive");
+    case 'p': {
+      if (msg.size() != 8) return Status::IOError("base backup stream: bad progress message");
+      uint64_t v = 0;
+      for (unsigned char c : msg) v = (v << 8) | c;
+      handler_->OnServerProgress(v);
+      return Status::OK();
+    }
+    case 'm':
+      if (in_manifest_) return Status::IOError("base backup stream: second manifest");
+      in_manifest_ = true;
+      return handler_->OnManifest();
+    default:
+      return Status::IOError("base backup stream: unknown message type '" +
+                             std::string(1, message[0]) + "'");
+  }
+}
+
 Result<BaseBackupResult> PgReplicationConnection::BaseBackup(const BaseBackupOptions& options,
                                                              BaseBackupHandler* handler) {
   ASSIGN_OR_RETURN(std::string label, QuoteReplicationLiteral(options.label));
@@ -385,53 +421,13 @@ Result<BaseBackupResult> PgReplicationConnection::BaseBackup(const BaseBackupOpt
     return Status::IOError("base backup did not start its data stream: " + LastError());
   }
   res.reset();
-  bool in_manifest = false, in_archive = false;
+  BaseBackupStreamDecoder decoder(handler);
   // 16 MiB in flight at most: memory stays bounded whatever the database size.
   auto reader = std::make_unique<CopyStreamReader>(conn_, 16 << 20);
   CopyStreamReader::Message message;
   std::string stream_error;
   while (reader->Next(&message, &stream_error)) {
-    const char* buf = message.data.get();
-    const size_t n = message.size;
-    std::string_view msg(buf + 1, n - 1);
-    switch (buf[0]) {
-      case 'n': {  // new archive: name\0 location\0
-        size_t a = msg.find('\0');
-        size_t b = a == std::string_view::npos ? a : msg.find('\0', a + 1);
-        if (b == std::string_view::npos) {
-          return Status::IOError("base backup stream: bad new-archive message");
-        }
-        if (in_manifest) return Status::IOError("base backup stream: archive after the manifest");
-        in_archive = true;
-        RETURN_IF_ERROR(handler->OnArchive(std::string(msg.substr(0, a)),
-                                           std::string(msg.substr(a + 1, b - a - 1))));
-        break;
-      }
-      case 'd':
-        if (in_manifest) {
-          RETURN_IF_ERROR(handler->OnManifestData(msg));
-        } else if (in_archive) {
-          RETURN_IF_ERROR(handler->OnArchiveData(msg));
-        } else {
-          return Status::IOError("base backup stream: data before any archive");
-        }
-        break;
-      case 'p': {
-        if (msg.size() != 8) return Status::IOError("base backup stream: bad progress message");
-        uint64_t v = 0;
-        for (unsigned char c : msg) v = (v << 8) | c;
-        handler->OnServerProgress(v);
-        break;
-      }
-      case 'm':
-        if (in_manifest) return Status::IOError("base backup stream: second manifest");
-        in_manifest = true;
-        RETURN_IF_ERROR(handler->OnManifest());
-        break;
-      default:
-        return Status::IOError("base backup stream: unknown message type '" +
-                               std::string(1, buf[0]) + "'");
-    }
+    RETURN_IF_ERROR(decoder.OnMessage(std::string_view(message.data.get(), message.size)));
   }
   reader.reset();  // joined: the connection is ours again
   if (!stream_error.empty()) {

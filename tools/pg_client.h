@@ -59,6 +59,21 @@ class BaseBackupHandler {
   virtual void OnServerProgress(uint64_t bytes_done) {}
 };
 
+// Splits the CopyData messages of a BASE_BACKUP stream ('n' new archive, 'd' data, 'p' progress,
+// 'm' manifest; src/backend/replication/basebackup_copy.c) into `handler` calls. Everything in
+// the stream is outside input: a message out of order or malformed is an IOError.
+class BaseBackupStreamDecoder {
+ public:
+  explicit BaseBackupStreamDecoder(BaseBackupHandler* handler) : handler_(handler) {}
+  // One CopyData message, its type byte first. An error from the handler is returned as it is.
+  Status OnMessage(std::string_view message);
+
+ private:
+  BaseBackupHandler* handler_;
+  bool in_archive_ = false;
+  bool in_manifest_ = false;
+};
+
 struct BaseBackupResult {
   std::string end_lsn;  // "X/X"
   uint32_t timeline = 0;

@@ -6,7 +6,7 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-  build-essential cmake pkg-config clang-format \
+  build-essential cmake pkg-config clang-format clang-14 libclang-rt-14-dev \
   libfuse3-dev fuse3 librocksdb-dev libzstd-dev libxxhash-dev libspdlog-dev libfmt-dev \
   libpq-dev libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev \
   postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest \

@@ -4,7 +4,9 @@
 #   re-run works; a second backup while one runs, a bad connection string, a role without
 #   REPLICATION, tablespaces and another cluster are refused with clear messages; a restored copy
 #   passes pg_verifybackup and starts with the same rows; after 5% of the rows change, the next
-#   backup stores under a quarter of the first; a damaged chunk is found by verify.
+#   backup stores under a quarter of the first; a damaged chunk is found by verify, read through
+#   the mount (backups/ and an unchanged file of a clone) as EIO and never as wrong bytes, and
+#   refused by restore; bytes flipped in RocksDB's table files likewise.
 # Usage: bash test_backup_restore.sh PATH_TO_PGBACKFS
 source "$(dirname "$0")/lib.sh" "$1"
 
@@ -170,20 +172,138 @@ if [ -f "$T/damaged/$REL" ]; then
     fail "restore wrote the damaged page"
 fi
 
-log "a flipped byte inside a RocksDB table file (copy of the repository)"
-cp -a "$REPO" "$T/copy2"
-"$PGBACKFS" debug flush "$T/copy2"
-SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
-python3 - "$SST" <<'PY'
-import os, sys
-path = sys.argv[1]
+log "reads through the mount of the damaged copy: EIO at the damaged page, never wrong bytes"
+mkdir -p "$T/mnt.orig" "$T/mnt.copy"
+mount_ro() {  # mount_ro REPO MNT: mounts and registers the unmount at exit
+  "$PGBACKFS" mount "$1" "$2" >/dev/null || fail "mount $1"
+  on_exit "'$PGBACKFS' umount '$2' || unmount_quiet '$2'"
+}
+# compare_tree ORIG DAMAGED: reads every file of DAMAGED in 8 KiB pieces; each piece is either
+# byte-identical to ORIG or fails with EIO. Prints "files bytes eio-pieces first-eio-path:offset".
+compare_tree() {
+  python3 - "$1" "$2" <<'PY'
+import errno, os, sys
+orig, damaged = sys.argv[1], sys.argv[2]
+files = nbytes = eio = 0
+first = "-"
+for root, dirs, names in os.walk(orig):
+    dirs.sort()
+    for name in sorted(names):
+        o = os.path.join(root, name)
+        rel = os.path.relpath(o, orig)
+        if os.path.islink(o) or not os.path.isfile(o):
+            continue
+        files += 1
+        try:
+            fd = open(os.path.join(damaged, rel), "rb", buffering=0)
+        except OSError as e:  # a damaged directory listing or snapshot record
+            if e.errno != errno.EIO:
+                raise
+            eio += 1
+            first = first if first != "-" else "%s:open" % rel
+            continue
+        with open(o, "rb") as fo, fd:
+            want_all = fo.read()
+            for off in range(0, len(want_all), 8192):
+                want = want_all[off:off + 8192]
+                try:
+                    got = os.pread(fd.fileno(), len(want), off)
+                except OSError as e:
+                    if e.errno != errno.EIO:
+                        raise
+                    eio += 1
+                    if first == "-":
+                        first = "%s:%d" % (rel, off)
+                    continue
+                if got != want:
+                    sys.exit("WRONG BYTES: %s offset %d" % (rel, off))
+                nbytes += len(got)
+print(files, nbytes, eio, first)
+PY
+}
+mount_ro "$REPO" "$T/mnt.orig"
+mount_ro "$T/copy1" "$T/mnt.copy"
+read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$SNAP1" "$T/mnt.copy/backups/$SNAP1") ||
+  fail "reading backups/$SNAP1 of the damaged copy"
+[ "$first" = "$REL:8192" ] || fail "expected EIO at $REL:8192 first, got $first ($eio EIO pieces)"
+log "ok: backups/$SNAP1: $files files, $bytes bytes identical, $eio piece(s) EIO (first at $first)"
+grep -q "$REL" "$T/copy1/log/mount.log" || fail "the mount log does not name the damaged file"
+"$PGBACKFS" clone create "$T/copy1" damaged --from "$SNAP1" >/dev/null || fail "clone of the damaged snapshot"
+read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$SNAP1/base" "$T/mnt.copy/clones/damaged/base") ||
+  fail "reading the clone's unchanged files"
+[ "$first" = "${REL#base/}:8192" ] || fail "clone: expected EIO at $REL:8192, got $first"
+log "ok: clones/damaged/base: $files files, $bytes bytes identical, $eio piece(s) EIO"
+"$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
+
+log "bytes flipped inside RocksDB table files (copies of the repository)"
+# flip_bytes SEED FILE POSITION...: XORs one byte at each POSITION of FILE; a position "r" is a
+# random one in the first 90% of the file (its data blocks; the index and footer are at the end).
+flip_bytes() {
+  python3 - "$@" <<'PY'
+import os, random, sys
+rng = random.Random(int(sys.argv[1]))
+path = sys.argv[2]
 size = os.path.getsize(path)
 with open(path, "r+b") as f:
-    f.seek(size // 3)
-    b = f.read(1)
-    f.seek(size // 3)
-    f.write(bytes([b[0] ^ 0x5a]))
+    for p in sys.argv[3:]:
+        pos = rng.randrange(size * 9 // 10) if p == "r" else int(p)
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x5a]))
+        print("flipped %s offset %d" % (os.path.basename(path), pos), file=sys.stderr)
 PY
-expect_error 1 "DAMAGED" "verify after a byte flip in $(basename "$SST")" "$PGBACKFS" verify "$T/copy2"
+}
+# check_copy COPY: every snapshot of COPY read through a mount is byte-identical to the original
+# or EIO, never wrong bytes; restore refuses each snapshot verify found damaged. Needs verify's
+# output in $T/err.out.
+TOTAL_EIO=0
+check_copy() {
+  local copy=$1 snap files bytes eio first
+  mount_ro "$copy" "$T/mnt.copy"
+  for snap in $("$PGBACKFS" list "$REPO" --json | jq -r '.snapshots[].id'); do
+    read -r files bytes eio first < <(compare_tree "$T/mnt.orig/backups/$snap" "$T/mnt.copy/backups/$snap") ||
+      fail "reading backups/$snap of $copy (flip seed $FLIP_SEED)"
+    TOTAL_EIO=$((TOTAL_EIO + eio))
+    log "$(basename "$copy") backups/$snap: $files files, $bytes bytes identical, $eio piece(s) EIO (first at $first)"
+    if grep "^DAMAGED snapshot '$snap' file " "$T/err.out" | grep -vq "WAL needed"; then
+      expect_fail "restore of damaged snapshot $snap" "$PGBACKFS" restore "$copy" "$snap" "$T/damaged-$snap"
+    fi
+  done
+  "$PGBACKFS" umount "$T/mnt.copy" >/dev/null || fail "umount"
+}
+FLIP_SEED=${FLIP_SEED:-$$}
+cp -a "$REPO" "$T/copy2"
+"$PGBACKFS" debug flush "$T/copy2"
+# The largest table file holds chunks: two flips there, and verify names what they damage.
+SST=$(ls -S "$T"/copy2/db/*.sst | head -1)
+flip_bytes "$FLIP_SEED" "$SST" "$(($(stat -c %s "$SST") / 3))" r
+expect_error 1 "DAMAGED snapshot" "verify after byte flips in $(basename "$SST") (seed $FLIP_SEED)" "$PGBACKFS" verify "$T/copy2"
+grep -qE "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" ||
+  fail "verify does not name a snapshot, file and offset"
+grep -E "^DAMAGED snapshot '[^']+' file '[^']+' offset [0-9]+" "$T/err.out" | sed -n 1,3p >&2
+check_copy "$T/copy2"
+# One flip in each of the other table files (metadata, the WAL index, more chunks): verify fails
+# and says where (a snapshot and file, or the damaged table file), and no read returns wrong bytes.
+cp -a "$REPO" "$T/copy3"
+"$PGBACKFS" debug flush "$T/copy3"
+for sst in $(ls -S "$T"/copy3/db/*.sst | tail -n +2); do flip_bytes "$FLIP_SEED" "$sst" r; done
+expect_error 1 "DAMAGED\|Corruption" "verify after a byte flip in every other table file (seed $FLIP_SEED)" \
+  "$PGBACKFS" verify "$T/copy3"
+grep -q "DAMAGED snapshot '[^']*' file '[^']*' offset [0-9]*\|Corruption.*\.sst" "$T/err.out" ||
+  fail "verify does not say what is damaged"
+if grep -q "open rocksdb" "$T/err.out"; then
+  # A damaged block that RocksDB reads at open (a small table's index or properties): nothing
+  # opens the repository, and each command says which file is damaged.
+  expect_error 1 "Corruption.*\.sst" "mount of a repository whose tables do not open" \
+    "$PGBACKFS" mount "$T/copy3" "$T/mnt.copy"
+  expect_error 1 "Corruption.*\.sst" "restore from a repository whose tables do not open" \
+    "$PGBACKFS" restore "$T/copy3" "$SNAP1" "$T/damaged3"
+else
+  check_copy "$T/copy3"
+fi
+"$PGBACKFS" umount "$T/mnt.orig" >/dev/null || fail "umount"
+log "ok: no wrong bytes read; $TOTAL_EIO pieces EIO"
+log "FAULT-SUMMARY corruption: damaged_copies=3 byte_flips=$((2 + $(ls "$T"/copy3/db/*.sst | wc -l) - 1)) eio_pieces=$TOTAL_EIO wrong_bytes=0 seed=$FLIP_SEED"
 "$PGBACKFS" verify "$REPO" >"$T/verify.out" 2>&1 || { cat "$T/verify.out" >&2; fail "the original repository no longer verifies"; }
 log "PASS"

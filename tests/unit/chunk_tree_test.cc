@@ -1,5 +1,8 @@
 #include "repo/chunk_tree.h"
 
+#include <algorithm>
+#include <random>
+
 #include "tests/unit/test_util.h"
 
 namespace pgbackfs {
@@ -112,6 +115,97 @@ TEST_P(ChunkTreeTest, MissingIndexBlockIsAnError) {
   TreeReader reader(repo_->chunks(), fd, kChunk);
   std::string out;
   EXPECT_FALSE(reader.Read(0, 100, &out).ok());
+}
+
+// Reads of kDirectReadBytes or more take the batched path (leaf ids for the range at once,
+// chunks fetched in parallel straight into the output); smaller ones go through the cache.
+// Both give the file's bytes, wherever the range starts and ends.
+TEST_P(ChunkTreeTest, BatchedReadsEqualSingleReads) {
+  std::string data = RandomBytes(kChunk * 1300 + 321, 13);
+  std::fill(data.begin() + kChunk * 40, data.begin() + kChunk * 600, '\0');  // zero leaves too
+  FileData fd = Store(data);
+  TreeReader reader(repo_->chunks(), fd, kChunk);
+  std::vector<ChunkId> ids;
+  ASSERT_TRUE(reader.Leaves(0, reader.leaf_count(), &ids).ok());
+  std::vector<ChunkId> walked;
+  ASSERT_TRUE(reader
+                  .ForEachLeaf([&](uint64_t, const ChunkId& id) {
+                    walked.push_back(id);
+                    return Status::OK();
+                  })
+                  .ok());
+  EXPECT_TRUE(ids == walked);
+  ASSERT_TRUE(reader.Leaves(511, 3, &ids).ok());  // across an index block boundary
+  EXPECT_TRUE(ids == std::vector<ChunkId>(walked.begin() + 511, walked.begin() + 514));
+  ASSERT_TRUE(reader.Leaves(1300, 10, &ids).ok());  // clipped to the file
+  EXPECT_EQ(ids.size(), 1u);
+
+  std::mt19937 rng(2);
+  for (int i = 0; i < 100; ++i) {
+    uint64_t off = rng() % data.size();
+    size_t len = TreeReader::kDirectReadBytes + rng() % (3 << 20);
+    std::string batched = "x";  // appended to, after what is there
+    ASSERT_TRUE(reader.Read(off, len, &batched).ok());
+    std::string single = "x";
+    for (uint64_t at = off; at < std::min<uint64_t>(data.size(), off + len); at += 5000) {
+      size_t n = std::min<uint64_t>(5000, off + len - at);
+      ASSERT_TRUE(reader.Read(at, n, &single).ok());
+    }
+    ASSERT_TRUE(batched == single) << off << " +" << len;
+    ASSERT_TRUE(batched == "x" + data.substr(off, len)) << off << " +" << len;
+  }
+}
+
+// A file whose FileData names its own leaf size (archived WAL) is read with it, whatever the
+// reader is told.
+TEST_P(ChunkTreeTest, FileChunkSizeWins) {
+  constexpr size_t kBig = 64 << 10;
+  std::string data = RandomBytes(kBig * 20 + 5, 14);
+  ChunkWriter writer(repo_->chunks());
+  FileWriter fw(&writer, kBig);
+  ASSERT_TRUE(fw.Append(data).ok());
+  auto fd = fw.Finish();
+  ASSERT_TRUE(fd.ok());
+  ASSERT_TRUE(writer.Flush(false).ok());
+  fd->chunk_size = kBig;
+  TreeReader reader(repo_->chunks(), *fd, kChunk);
+  EXPECT_EQ(reader.chunk_size(), kBig);
+  EXPECT_EQ(reader.leaf_count(), 21u);
+  EXPECT_EQ(ReadAll(*fd), data);
+  std::string part;
+  ASSERT_TRUE(reader.Read(kBig - 3, 10, &part).ok());
+  EXPECT_EQ(part, data.substr(kBig - 3, 10));
+}
+
+// A damaged or missing chunk inside a batched read fails the whole read (never wrong bytes),
+// names the leaf's offset, and leaves the output as it was.
+TEST_P(ChunkTreeTest, BadChunkInsideABatchFailsTheRead) {
+  std::string data = RandomBytes(kChunk * 300, 15);
+  FileData fd = Store(data);
+  TreeReader reader(repo_->chunks(), fd, kChunk);
+  std::vector<ChunkId> ids;
+  ASSERT_TRUE(reader.Leaves(0, 300, &ids).ok());
+  KvBatch batch;
+  batch.Put(Cf::kChunks, ids[137].AsKey(), repo_->chunks()->Encode(RandomBytes(kChunk, 99)));
+  batch.Delete(Cf::kChunks, ids[250].AsKey());
+  ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
+
+  std::string out = "kept";
+  Status s = reader.Read(kChunk * 100, kChunk * 100, &out);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  EXPECT_NE(s.message().find("leaf at offset " + std::to_string(kChunk * 137)), std::string::npos)
+      << s.message();
+  EXPECT_EQ(out, "kept");
+  s = reader.Read(kChunk * 200, kChunk * 100, &out);
+  EXPECT_TRUE(s.IsNotFound()) << s.ToString();
+  EXPECT_EQ(out, "kept");
+  // Partly covered: the first and last chunks of the range are cut.
+  s = reader.Read(kChunk * 137 - 5, TreeReader::kDirectReadBytes, &out);
+  EXPECT_TRUE(s.IsCorruption()) << s.ToString();
+  // Ranges without them read fine.
+  out.clear();
+  ASSERT_TRUE(reader.Read(0, kChunk * 137, &out).ok());
+  EXPECT_TRUE(out == data.substr(0, kChunk * 137));
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, ChunkTreeTest, ::testing::Bool(), StoreName);

@@ -439,5 +439,35 @@ TEST_F(FilesystemTest, HistoryFilesAndMissingProbes) {
   EXPECT_EQ(ReadAll(ino), "1\t0/3000000\tno recovery target specified\n");
 }
 
+TEST_F(FilesystemTest, ARefusedRewriteNeverShowsAnotherSize) {
+  // truncate -s 0, or dd conv=notrunc of one block, on an archived segment: the kernel takes the
+  // size in the setattr and getattr replies as the file's; a smaller one would cut its cached copy
+  // and readers would see a short file until the commit is refused.
+  const std::string name = "000000010000000000000009";
+  std::string seg = MakeSegment(name, 'k');
+  ASSERT_EQ(CopyIntoWal(name, seg), 0);
+  uint64_t ino = LookupOk(InodeTable::kWalIno, name);
+  OpenOut out;
+  ASSERT_EQ(fs_->Open(ino, O_WRONLY, &out), 0);
+  struct stat st;
+  double timeout;
+  AttrChange truncate;
+  truncate.size = 0;
+  truncate.fh = out.fh;
+  ASSERT_EQ(fs_->SetAttr(ino, truncate, &st, &timeout), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), seg.size());
+  ASSERT_EQ(fs_->Write(out.fh, 0, std::string_view(seg).substr(0, 8192)), 0);
+  ASSERT_EQ(fs_->GetAttr(ino, &st, &timeout), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), seg.size());
+  EntryOut e;
+  ASSERT_EQ(fs_->Lookup(InodeTable::kWalIno, name, &e), 0);
+  EXPECT_EQ(static_cast<uint64_t>(e.attr.st_size), seg.size());
+  fs_->Forget(e.ino, 1);
+  EXPECT_EQ(fs_->Flush(out.fh), EINVAL);  // 8192 bytes: refused
+  fs_->Release(out.fh);
+  EXPECT_EQ(ReadAll(ino), seg);
+  fs_->Forget(ino, 1);
+}
+
 }  // namespace
 }  // namespace pgbackfs

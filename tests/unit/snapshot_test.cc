@@ -108,6 +108,7 @@ TEST_P(SnapshotTest, BuildsCommitsAndReadsATree) {
   info.id = *repo_->NewSnapshotId(1700000000);
   info.root = *root;
   ASSERT_TRUE(repo_->CommitSnapshot(info).ok());
+  builder.reset();            // its ChunkWriter must not outlive the repository's ChunkStore
   if (!GetParam()) Reopen();  // the memory store does not persist
 
   auto got = repo_->GetSnapshot(info.id);

@@ -9,10 +9,12 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
 #include "repo/coding.h"
+#include "repo/file_util.h"
 #include "tools/cli.h"
 
 namespace pgbackfs {
@@ -244,6 +246,73 @@ TEST(WalFileInfoTest, EncodeDecode) {
   bad = enc;
   bad[1] = 9;
   EXPECT_TRUE(WalFileInfo::DecodeFrom("n", bad, &back).IsCorruption());
+}
+
+TEST(WalFileInfoTest, Version2CarriesTheChunkSize) {
+  WalFileInfo info;
+  info.kind = WalFileKind::kSegment;
+  info.data.size = 16 << 20;
+  info.data.root.height = 0;
+  info.data.root.id.bytes[3] = 9;
+  info.data.chunk_size = kWalChunkSize;
+  info.archived_time = 1700000000;
+  std::string enc;
+  info.EncodeTo(&enc);
+  ASSERT_EQ(enc.size(), 39u);
+  EXPECT_EQ(enc[0], 2);  // record version 2
+  WalFileInfo back;
+  ASSERT_TRUE(WalFileInfo::DecodeFrom("n", enc, &back).ok());
+  EXPECT_EQ(back.data.chunk_size, kWalChunkSize);
+  EXPECT_EQ(back.data.size, info.data.size);
+  EXPECT_TRUE(back.data.root == info.data.root);
+  EXPECT_TRUE(WalFileInfo::DecodeFrom("n", enc.substr(0, 35), &back).IsCorruption());
+  for (uint32_t bad : {0u, 4096u, 3u << 20, 128u << 20}) {
+    std::string b = enc;
+    b.resize(35);
+    PutFixed32(&b, bad);
+    EXPECT_TRUE(WalFileInfo::DecodeFrom("n", b, &back).IsCorruption()) << bad;
+  }
+  info.data.chunk_size = 0;  // the repository's: a version-1 record
+  enc.clear();
+  info.EncodeTo(&enc);
+  EXPECT_EQ(enc.size(), 35u);
+  ASSERT_TRUE(WalFileInfo::DecodeFrom("n", enc, &back).ok());
+  EXPECT_EQ(back.data.chunk_size, 0u);
+}
+
+// Format 3 stores WAL in 1 MiB chunks (record version 2); a format-2 repository goes on storing
+// it in the repository's chunk size with version-1 records, which older pgbackfs reads.
+TEST_P(WalArchiveTest, ChunkSizeFollowsTheFormat) {
+  const std::string name = "000000010000000000000002";
+  const std::string seg = MakeSegment(name, {.seed = 5});
+  ASSERT_TRUE(Push(name, seg).ok());
+  auto info = archive_->Get(name);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->data.chunk_size, kWalChunkSize);
+  EXPECT_TRUE(Fetch(name) == seg);
+
+  // The same repository said to be format 2.
+  std::string text;
+  ASSERT_TRUE(ReadSmallFile(path_ + "/pgbackfs.json", &text).ok());
+  auto j = nlohmann::json::parse(text);
+  j["format_version"] = 2;
+  ASSERT_TRUE(WriteFileAtomic(path_ + "/pgbackfs.json", j.dump()).ok());
+  Reopen();
+  const std::string name3 = "000000010000000000000003";
+  const std::string seg3 = MakeSegment(name3, {.seed = 6});
+  ASSERT_TRUE(Push(name3, seg3, 4096).ok());
+  auto info3 = archive_->Get(name3);
+  ASSERT_TRUE(info3.ok());
+  EXPECT_EQ(info3->data.chunk_size, 0u);
+  std::string raw;
+  ASSERT_TRUE(repo_->kv()->Get(Cf::kWal, name3, &raw).ok());
+  EXPECT_EQ(raw[0], 1);
+  TreeReader reader(repo_->chunks(), info3->data, repo_->config().chunk_size);
+  EXPECT_EQ(reader.leaf_count(), seg3.size() / repo_->config().chunk_size);
+  EXPECT_TRUE(Fetch(name3) == seg3);
+  if (!GetParam())
+    EXPECT_TRUE(Fetch(name) == seg);  // both kinds are read (an in-memory store
+                                      // does not survive Reopen)
 }
 
 TEST_P(WalArchiveTest, RoundTrip) {
@@ -542,15 +611,20 @@ TEST_P(WalArchiveTest, ConcurrentCommitsOfOneName) {
 
 TEST_P(WalArchiveTest, CorruptChunkIsAnError) {
   const std::string name = "000000010000000000000001";
-  std::string seg = MakeSegment(name);
-  ASSERT_TRUE(Push(name, seg).ok());
-  auto info = archive_->Get(name);
+  // A WAL chunk is 1 MiB: a 4 MiB partial file has a few.
+  const std::string partial = name + ".partial";
+  std::string big = MakeSegment(name, {.seg_size = 16 << 20, .file_size = 4 << 20});
+  ASSERT_TRUE(Push(partial, big).ok());
+  auto info = archive_->Get(partial);
   ASSERT_TRUE(info.ok());
   TreeReader reader(repo_->chunks(), info->data, repo_->config().chunk_size);
-  auto leaf = reader.Leaf(3);
+  EXPECT_EQ(reader.chunk_size(), kWalChunkSize);
+  ASSERT_EQ(reader.leaf_count(), 4u);
+  auto leaf = reader.Leaf(1);  // the first half is random bytes, the rest zeros
   ASSERT_TRUE(leaf.ok());
+  ASSERT_FALSE(leaf->IsZero());
   KvBatch batch;
-  batch.Put(Cf::kChunks, leaf->AsKey(), repo_->chunks()->Encode(std::string(8192, 'x')));
+  batch.Put(Cf::kChunks, leaf->AsKey(), repo_->chunks()->Encode(std::string(kWalChunkSize, 'x')));
   ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
   std::string out;
   Status s = archive_->ReadFile(*info, [&](std::string_view p) {
@@ -558,8 +632,11 @@ TEST_P(WalArchiveTest, CorruptChunkIsAnError) {
     return Status::OK();
   });
   EXPECT_TRUE(s.IsCorruption()) << s.ToString();
-  EXPECT_NE(s.message().find(name), std::string::npos) << s.message();
-  EXPECT_NE(s.message().find("offset 24576"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(partial), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("offset 1048576"), std::string::npos) << s.message();
+  // At most what comes before the bad chunk, never a byte of it or after it.
+  EXPECT_LE(out.size(), 1u << 20);
+  EXPECT_TRUE(out == big.substr(0, out.size()));
 }
 
 // archive-push / archive-get through RunCli, against a RocksDB repository.

@@ -72,6 +72,15 @@ TEST(Crc32cTest, KnownValuesAndPieces) {
     c = Crc32cExtend(c, data.data() + cut, data.size() - cut);
     EXPECT_EQ(Crc32cFinish(c), whole) << cut;
   }
+  // Lengths and alignments around the edges of the interleaved paths (3 x 1 KiB, 3 x 128).
+  for (size_t start : {0u, 1u, 5u, 8u}) {
+    for (size_t len : {0u, 7u, 383u, 384u, 391u, 768u, 3071u, 3072u, 3073u, 3079u, 3456u, 6144u,
+                       6151u, 8192u, 9999u}) {
+      EXPECT_EQ(Crc32cExtend(0x12345678u, data.data() + start, len),
+                Crc32cExtendPortable(0x12345678u, data.data() + start, len))
+          << start << " " << len;
+    }
+  }
 }
 
 TEST(WalParserTest, LsnTimeAndNames) {
