@@ -89,8 +89,13 @@ class KvStore {
 
 // Test hook: while `disk_full` is set, every file write of the store fails as on a full disk
 // (ENOSPC), before anything reaches the file. Unit tests use it instead of a real full disk.
+// `table_append_delay_ms` slows every append to a table file (flushes and compactions) by that
+// much; an append that starts while the disk is full still fails after the delay, and counts in
+// `table_writes_refused` as it starts.
 struct KvFaultInjection {
   std::atomic<bool> disk_full{false};
+  std::atomic<int> table_append_delay_ms{0};
+  mutable std::atomic<int> table_writes_refused{0};
 };
 
 struct KvOptions {

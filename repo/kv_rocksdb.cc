@@ -1,5 +1,6 @@
 // RocksDB implementation of KvStore. The only file that includes RocksDB headers.
 #include <fcntl.h>
+#include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
@@ -19,6 +20,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <ctime>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -63,8 +65,9 @@ Status Convert(const rocksdb::Status& s, const char* what) {
 // buffer, which Append already did), when blocks are allocated, and at sync.
 class FullDiskFile : public rocksdb::FSWritableFileOwnerWrapper {
  public:
-  FullDiskFile(std::unique_ptr<rocksdb::FSWritableFile> file, const KvFaultInjection* faults)
-      : FSWritableFileOwnerWrapper(std::move(file)), faults_(faults) {}
+  FullDiskFile(std::unique_ptr<rocksdb::FSWritableFile> file, const KvFaultInjection* faults,
+               bool table)
+      : FSWritableFileOwnerWrapper(std::move(file)), faults_(faults), table_(table) {}
 
   using IOOptions = rocksdb::IOOptions;
   using IOStatus = rocksdb::IOStatus;
@@ -98,9 +101,17 @@ class FullDiskFile : public rocksdb::FSWritableFileOwnerWrapper {
   }
 
  private:
-  bool Full() const { return faults_->disk_full.load(); }
+  // Whether this write fails; a table append that starts on a full disk fails after the delay.
+  bool Full() const {
+    const bool full = faults_->disk_full.load();
+    if (full && table_) faults_->table_writes_refused.fetch_add(1);
+    const int delay = table_ ? faults_->table_append_delay_ms.load() : 0;
+    if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    return full;
+  }
   static IOStatus NoSpace() { return IOStatus::NoSpace("injected: No space left on device"); }
   const KvFaultInjection* faults_;
+  const bool table_;
 };
 
 class FullDiskFs : public rocksdb::FileSystemWrapper {
@@ -112,24 +123,26 @@ class FullDiskFs : public rocksdb::FileSystemWrapper {
   rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
                                     std::unique_ptr<rocksdb::FSWritableFile>* r,
                                     rocksdb::IODebugContext* d) override {
-    return Wrap(target()->NewWritableFile(f, o, r, d), r);
+    return Wrap(target()->NewWritableFile(f, o, r, d), f, r);
   }
   rocksdb::IOStatus ReopenWritableFile(const std::string& f, const rocksdb::FileOptions& o,
                                        std::unique_ptr<rocksdb::FSWritableFile>* r,
                                        rocksdb::IODebugContext* d) override {
-    return Wrap(target()->ReopenWritableFile(f, o, r, d), r);
+    return Wrap(target()->ReopenWritableFile(f, o, r, d), f, r);
   }
   rocksdb::IOStatus ReuseWritableFile(const std::string& f, const std::string& old,
                                       const rocksdb::FileOptions& o,
                                       std::unique_ptr<rocksdb::FSWritableFile>* r,
                                       rocksdb::IODebugContext* d) override {
-    return Wrap(target()->ReuseWritableFile(f, old, o, r, d), r);
+    return Wrap(target()->ReuseWritableFile(f, old, o, r, d), f, r);
   }
 
  private:
-  rocksdb::IOStatus Wrap(rocksdb::IOStatus s, std::unique_ptr<rocksdb::FSWritableFile>* r) {
+  rocksdb::IOStatus Wrap(rocksdb::IOStatus s, const std::string& name,
+                         std::unique_ptr<rocksdb::FSWritableFile>* r) {
     if (!s.ok()) return s;
-    *r = std::make_unique<FullDiskFile>(std::move(*r), faults_);
+    const bool table = name.size() > 4 && name.compare(name.size() - 4, 4, ".sst") == 0;
+    *r = std::make_unique<FullDiskFile>(std::move(*r), faults_, table);
     return s;
   }
   const KvFaultInjection* faults_;
@@ -177,23 +190,37 @@ class InfoLog : public rocksdb::Logger {
 };
 
 // Notes that RocksDB stopped writing (a background error: a failed log write, flush or
-// compaction), so that the store resumes it before the next write; and turns RocksDB's own
-// recovery off. That one resumes as soon as the error is set, while the disk is still full, and
-// a resume whose flush fails turns the error fatal: only a reopen clears it then. The store
-// resumes only once there is room for what it has to flush (RocksStore::ResumeIfStopped).
-class StopListener : public rocksdb::EventListener {
+// compaction), so that the store resumes it before the next write; turns RocksDB's own
+// recovery off (that one resumes as soon as the error is set, while the disk is still full, and
+// a resume whose flush fails turns the error fatal: only a reopen clears it then; the store
+// resumes only once there is room for what it has to flush, RocksStore::ResumeIfStopped); and
+// notes when the meta column family's memtable was sealed, so that the next write puts the
+// store's marker into the new one (RocksStore::KeepActiveMemtableNonEmpty).
+class StoreListener : public rocksdb::EventListener {
  public:
-  explicit StopListener(std::atomic<bool>* stopped) : stopped_(stopped) {}
-  void OnBackgroundError(rocksdb::BackgroundErrorReason, rocksdb::Status* error) override {
-    if (!error->ok()) stopped_->store(true);
+  StoreListener(std::atomic<bool>* stopped, std::atomic<bool>* log_failed,
+                std::atomic<bool>* marker_needed)
+      : stopped_(stopped), log_failed_(log_failed), marker_needed_(marker_needed) {}
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* error) override {
+    if (error->ok()) return;
+    if (reason == rocksdb::BackgroundErrorReason::kWriteCallback ||
+        reason == rocksdb::BackgroundErrorReason::kMemTable) {
+      log_failed_->store(true);  // a write to the log, or the switch to a new one, failed
+    }
+    stopped_->store(true);
   }
   void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status,
                             bool* auto_recovery) override {
     *auto_recovery = false;
   }
+  void OnMemTableSealed(const rocksdb::MemTableInfo& info) override {
+    if (info.cf_name == CfName(Cf::kMeta)) marker_needed_->store(true);
+  }
 
  private:
   std::atomic<bool>* stopped_;
+  std::atomic<bool>* log_failed_;
+  std::atomic<bool>* marker_needed_;
 };
 
 class RocksIterator : public KvIterator {
@@ -245,7 +272,11 @@ class RocksStore : public KvStore {
     db_options.max_open_files = 512;
     db_options.skip_stats_update_on_db_open = true;
     db_options.skip_checking_sst_file_sizes_on_db_open = true;
-    db_options.listeners.push_back(std::make_shared<StopListener>(&store->stopped_));
+    db_options.listeners.push_back(std::make_shared<StoreListener>(
+        &store->stopped_, &store->log_failed_, &store->marker_needed_));
+    // The marker (KeepActiveMemtableNonEmpty) is not logged; a flush at close would only turn
+    // it into table files. Everything else is in the log.
+    db_options.avoid_flush_during_shutdown = true;
     if (options.create_if_missing) mkdir(dir.c_str(), 0700);  // for the log; exists is fine
     db_options.info_log = InfoLog::Open(dir);
     if (options.faults) {
@@ -316,6 +347,7 @@ class RocksStore : public KvStore {
           op.is_delete ? wb.Delete(handle(op.cf), op.key) : wb.Put(handle(op.cf), op.key, op.value);
       if (!s.ok()) return Convert(s, "batch");
     }
+    KeepActiveMemtableNonEmpty();
     rocksdb::WriteOptions wo;
     wo.sync = sync;
     return Checked(db_->Write(wo, &wb), "write");
@@ -334,6 +366,7 @@ class RocksStore : public KvStore {
   Status Sync() override {
     RETURN_IF_ERROR(ResumeIfStopped());
     std::shared_lock<std::shared_mutex> io(io_mu_);
+    KeepActiveMemtableNonEmpty();
     rocksdb::WriteBatch empty;
     rocksdb::WriteOptions wo;
     wo.sync = true;
@@ -345,7 +378,8 @@ class RocksStore : public KvStore {
     std::shared_lock<std::shared_mutex> io(io_mu_);
     rocksdb::FlushOptions fo;
     fo.wait = true;
-    return Checked(db_->Flush(fo, handles_), "flush");
+    RETURN_IF_ERROR(Checked(db_->Flush(fo, handles_), "flush"));
+    return WaitForFlushedMemtables();
   }
 
   Status Compact(Cf cf) override {
@@ -383,11 +417,16 @@ class RocksStore : public KvStore {
   // room for the memtables plus kResumeHeadroom (a resume that fails for lack of space would make
   // the error fatal). Serialized; Busy while a flush is still running: wait for it.
   static constexpr uint64_t kResumeHeadroom = 32 << 20;
+  // How long a resume waits for background jobs that were running when writing stopped, and how
+  // long Resume() itself may take before the store gives up on it (see ResumeWithDeadline).
+  static constexpr auto kDrainTimeout = std::chrono::seconds(60);
+  static constexpr auto kResumeTimeout = std::chrono::seconds(120);
 
   Status ResumeIfStopped() {
     if (!stopped_.load()) return Status::OK();
     std::unique_lock<std::shared_mutex> lock(io_mu_);  // no write runs meanwhile
     if (!stopped_.load()) return Status::OK();
+    if (!wedged_.empty()) return CannotResume(wedged_);
     const uint64_t need = MemtableBytes() + kResumeHeadroom;
     const uint64_t free = FreeBytes();
     if (free < need) {
@@ -396,15 +435,32 @@ class RocksStore : public KvStore {
                              " needed to resume); nothing is stored until space is freed, then "
                              "writing resumes on its own");
     }
+    // A flush or compaction that is still running when Resume() starts may fail while Resume()
+    // waits for it (it began while the disk was full). Its error then lands as the resume's own
+    // error, the resume's flush is abandoned with its memtable still queued, and every later
+    // Resume() waits for that flush forever (RocksDB 7.8). So resume only once nothing runs:
+    // while writing is stopped, no new background job starts.
+    if (!WaitForIdleBackgroundJobs()) {
+      return Status::NoSpace(
+          "the repository's database is still finishing background work after a full disk; "
+          "this write was not stored: retry");
+    }
+    if (log_failed_.load() && ActiveMemtablesEmpty()) {
+      return CannotResume(
+          "a write to its log failed while no column family held unflushed writes, so resuming "
+          "would keep that log");
+    }
     rocksdb::Status s;
     for (int attempt = 0; attempt < 100; ++attempt) {
-      s = db_->Resume();
+      s = ResumeWithDeadline();
       if (!s.IsBusy()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (s.ok()) s = StartNewLog();
+    if (!wedged_.empty()) return CannotResume(wedged_);
     if (s.ok()) {
       stopped_.store(false);
+      log_failed_.store(false);
+      marker_needed_.store(true);  // Resume() flushed every memtable
       return Status::OK();
     }
     Status st = Convert(s, "resume writing after an earlier write error");
@@ -412,28 +468,99 @@ class RocksStore : public KvStore {
       return Status::NoSpace("the repository's file system is full (" + st.message() +
                              "); free space and retry");
     }
-    return Status::IOError(
-        "the repository's database stopped writing after an error and "
-        "cannot resume (" +
-        st.message() + "); reopen the repository (remount) once fixed");
+    return CannotResume(st.message());
   }
 
-  // Resume() starts a new log only when it has memtables to flush; with none, the log whose
-  // write failed stays current, and the next append to it aborts the process (an assertion in
-  // Debian's RocksDB). Flushing a memtable that holds an unlogged put and delete of one key (no
-  // trace in any table: the delete hides the put) always starts a new log.
-  rocksdb::Status StartNewLog() {
-    static constexpr char kKey[] = "\xffkv-new-log";
+  static Status CannotResume(const std::string& why) {
+    return Status::IOError(
+        "the repository's database stopped writing after an error and cannot resume (" + why +
+        "); reopen the repository (remount) once fixed");
+  }
+
+  // RocksDB 7.8's Flush(wait) can return before the flush job ran. A flush job that runs only
+  // after a later write error stopped the store gives up without taking its request off the
+  // queue, and the next flush of that column family (a resume's) then waits forever. So a flush
+  // of the store ends only once no memtable waits for a flush.
+  Status WaitForFlushedMemtables() {
+    const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+    for (;;) {
+      uint64_t waiting = 0;
+      for (auto* h : handles_) {
+        uint64_t n = 0;
+        db_->GetIntProperty(h, "rocksdb.num-immutable-mem-table", &n);
+        waiting += n;
+      }
+      if (waiting == 0) return Status::OK();
+      if (stopped_.load()) {
+        return Status::IOError("flush: the database stopped writing before the flush ended");
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        return Status::Busy("flush: memtables still wait for a flush after " +
+                            std::to_string(kDrainTimeout.count()) + " s");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+
+  // True once no flush or compaction runs (false after kDrainTimeout).
+  bool WaitForIdleBackgroundJobs() {
+    const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+    for (;;) {
+      uint64_t flushes = 0, compactions = 0;
+      db_->GetIntProperty("rocksdb.num-running-flushes", &flushes);
+      db_->GetIntProperty("rocksdb.num-running-compactions", &compactions);
+      if (flushes == 0 && compactions == 0) return true;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
+  // DB::Resume(), given up on after kResumeTimeout: RocksDB 7.8 can wait forever for a flush
+  // that a failed earlier resume abandoned. Cancelling the background work ends that wait; the
+  // database then stays open for reads, and the store refuses writes until it is reopened
+  // (wedged_), instead of blocking every writer for good.
+  rocksdb::Status ResumeWithDeadline() {
+    auto done = std::make_shared<std::promise<rocksdb::Status>>();
+    std::future<rocksdb::Status> result = done->get_future();
+    rocksdb::DB* db = db_;
+    std::thread resume([db, done] { done->set_value(db->Resume()); });
+    if (result.wait_for(kResumeTimeout) != std::future_status::ready) {
+      rocksdb::CancelAllBackgroundWork(db_, /*wait=*/false);
+      wedged_ = "Resume() did not finish within " + std::to_string(kResumeTimeout.count()) +
+                " s: a flush it waits for never ran; background work was cancelled";
+    }
+    resume.join();
+    return result.get();
+  }
+
+  // After a failed write to its log, RocksDB must switch to a new log before the next append
+  // (another append to the failed one trips an assertion in Debian's RocksDB: the process
+  // aborts). Resume() switches logs only when a column family's active memtable holds
+  // something; while writing is stopped nothing can be put there. So the store keeps one there
+  // at all times: an unlogged put and delete of a marker key in the meta column family (no
+  // trace in any table: the delete hides the put), written again after every seal of that
+  // memtable, before the next write. A write that seals the memtable and then fails its own log
+  // append leaves it empty: that rare case cannot resume without a reopen (ActiveMemtablesEmpty).
+  void KeepActiveMemtableNonEmpty() {
+    if (!marker_needed_.exchange(false)) return;
+    static constexpr char kKey[] = "\xffkv-marker";
     rocksdb::WriteBatch wb;
     rocksdb::Status s = wb.Put(handle(Cf::kMeta), kKey, "");
     if (s.ok()) s = wb.Delete(handle(Cf::kMeta), kKey);
     rocksdb::WriteOptions wo;
     wo.disableWAL = true;
     if (s.ok()) s = db_->Write(wo, &wb);
-    rocksdb::FlushOptions fo;
-    fo.wait = true;
-    if (s.ok()) s = db_->Flush(fo, handle(Cf::kMeta));
-    return s;
+    if (!s.ok()) marker_needed_.store(true);  // the write that follows fails the same way
+  }
+
+  bool ActiveMemtablesEmpty() {
+    for (auto* h : handles_) {
+      uint64_t entries = 0, deletes = 0;
+      db_->GetIntProperty(h, "rocksdb.num-entries-active-mem-table", &entries);
+      db_->GetIntProperty(h, "rocksdb.num-deletes-active-mem-table", &deletes);
+      if (entries + deletes > 0) return false;
+    }
+    return true;
   }
 
   // Bytes the store's files may still take (statvfs of its directory; none while
@@ -462,6 +589,10 @@ class RocksStore : public KvStore {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   std::unique_ptr<rocksdb::Env> env_;  // KvFaultInjection only; outlives db_
   std::atomic<bool> stopped_{false};
+  std::atomic<bool> marker_needed_{true};  // KeepActiveMemtableNonEmpty
+  std::atomic<bool> log_failed_{false};    // since the last resume, a log write failed
+  // Set once a resume had to be abandoned: writes are refused until the store is reopened.
+  std::string wedged_;  // guarded by io_mu_ (exclusive)
   // Shared by every write, sync, flush and compaction; exclusive while resuming.
   std::shared_mutex io_mu_;
 };
