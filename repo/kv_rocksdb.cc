@@ -482,37 +482,38 @@ class RocksStore : public KvStore {
   // queue, and the next flush of that column family (a resume's) then waits forever. So a flush
   // of the store ends only once no memtable waits for a flush.
   Status WaitForFlushedMemtables() {
-    const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
-    for (;;) {
-      uint64_t waiting = 0;
-      for (auto* h : handles_) {
-        uint64_t n = 0;
-        db_->GetIntProperty(h, "rocksdb.num-immutable-mem-table", &n);
-        waiting += n;
-      }
-      if (waiting == 0) return Status::OK();
-      if (stopped_.load()) {
-        return Status::IOError("flush: the database stopped writing before the flush ended");
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        return Status::Busy("flush: memtables still wait for a flush after " +
-                            std::to_string(kDrainTimeout.count()) + " s");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    bool stopped = false;
+    const bool flushed = WaitUntil([&] {
+      stopped = stopped_.load();
+      return stopped || SumCfProperty("rocksdb.num-immutable-mem-table") == 0;
+    });
+    if (stopped) {
+      return Status::IOError("flush: the database stopped writing before the flush ended");
     }
+    if (flushed) return Status::OK();
+    return Status::Busy("flush: memtables still wait for a flush after " +
+                        std::to_string(kDrainTimeout.count()) + " s");
   }
 
   // True once no flush or compaction runs (false after kDrainTimeout).
   bool WaitForIdleBackgroundJobs() {
-    const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
-    for (;;) {
+    return WaitUntil([this] {
       uint64_t flushes = 0, compactions = 0;
       db_->GetIntProperty("rocksdb.num-running-flushes", &flushes);
       db_->GetIntProperty("rocksdb.num-running-compactions", &compactions);
-      if (flushes == 0 && compactions == 0) return true;
+      return flushes == 0 && compactions == 0;
+    });
+  }
+
+  // Polls `done` every millisecond until it holds (true) or kDrainTimeout passed (false).
+  template <typename Done>
+  static bool WaitUntil(Done done) {
+    const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+    while (!done()) {
       if (std::chrono::steady_clock::now() > deadline) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    return true;
   }
 
   // DB::Resume(), given up on after kResumeTimeout: RocksDB 7.8 can wait forever for a flush
@@ -553,15 +554,8 @@ class RocksStore : public KvStore {
     if (!s.ok()) marker_needed_.store(true);  // the write that follows fails the same way
   }
 
-  bool ActiveMemtablesEmpty() {
-    for (auto* h : handles_) {
-      uint64_t entries = 0, deletes = 0;
-      db_->GetIntProperty(h, "rocksdb.num-entries-active-mem-table", &entries);
-      db_->GetIntProperty(h, "rocksdb.num-deletes-active-mem-table", &deletes);
-      if (entries + deletes > 0) return false;
-    }
-    return true;
-  }
+  // num-entries counts deletes too.
+  bool ActiveMemtablesEmpty() { return SumCfProperty("rocksdb.num-entries-active-mem-table") == 0; }
 
   // Bytes the store's files may still take (statvfs of its directory; none while
   // KvFaultInjection says the disk is full).
@@ -572,11 +566,14 @@ class RocksStore : public KvStore {
     return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
   }
 
-  uint64_t MemtableBytes() {
+  uint64_t MemtableBytes() { return SumCfProperty("rocksdb.cur-size-all-mem-tables"); }
+
+  // An integer property of every column family, added up.
+  uint64_t SumCfProperty(const char* name) {
     uint64_t total = 0;
     for (auto* h : handles_) {
-      uint64_t bytes = 0;
-      if (db_->GetIntProperty(h, "rocksdb.cur-size-all-mem-tables", &bytes)) total += bytes;
+      uint64_t n = 0;
+      if (db_->GetIntProperty(h, name, &n)) total += n;
     }
     return total;
   }
