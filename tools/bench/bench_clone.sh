@@ -17,7 +17,11 @@
 #      answered by a read-write server, against `pgbackrest restore --type=immediate
 #      --target-action=promote` + pg_ctl start until the same query is answered. Both recover the
 #      backup to its consistent point from their own archive (the source archives into both).
-#   2. pgbench -c 2 -T S on the clone and on the pgBackRest-restored local copy.
+#   2. pgbench -c 2 -T S on the clone and on the pgBackRest-restored local copy, each restarted
+#      with the page cache dropped first (cold: the clone reads through the mount, the local copy
+#      from disk), then once more right after (warm). A copy pgBackRest has just written sits in
+#      the page cache, so without the restart and drop it would be compared warm against a cold
+#      clone.
 #   3. a cold sequential scan (restart, drop caches, count(*) of pgbench_accounts, twice: the first
 #      one also sets hint bits) on each.
 set -euo pipefail
@@ -179,9 +183,16 @@ EOF
       "pgBackRest restore + start $(echo "${V[s$SCALE.rto.local]}" | awk '{print $NF}') s"
   done
 
-  bench_log "scale $SCALE: pgbench -c 2 -T $SECONDS_TPS on each"
+  bench_log "scale $SCALE: pgbench -c 2 -T $SECONDS_TPS on each, cold then warm"
+  pg_stop "$MNT/clones/c$SCALE"
+  pg_stop "$S/local"
+  bench_drop_caches
+  as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$MNT/clones/c$SCALE" -l "$S/clone.log" -w -t 900 start >/dev/null
+  as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$S/local" -l "$S/local.log" -w -t 900 start >/dev/null
   put "s$SCALE.tps.clone" "$(tps "$CPORT")"
   put "s$SCALE.tps.local" "$(tps "$LPORT")"
+  put "s$SCALE.tpswarm.clone" "$(tps "$CPORT")"
+  put "s$SCALE.tpswarm.local" "$(tps "$LPORT")"
   bench_log "scale $SCALE: cold sequential scans"
   read -r c1 c2 < <(scan "$MNT/clones/c$SCALE" "$S/clone.log" "$CPORT")
   read -r l1 l2 < <(scan "$S/local" "$S/local.log" "$LPORT")
@@ -200,15 +211,16 @@ echo "$("$PGBACKFS" --version 2>/dev/null | head -1) (source $(git -C "$ROOT" re
 echo "load average at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "RTO cells: median ±spread over $RUNS run(s), seconds, cold caches"
 echo
-printf '%-7s %-9s %-18s %-26s %-9s %-18s %-18s\n' scale "db MiB" "RTO clone (s)" \
-  "RTO pgBackRest+start (s)" "ratio" "TPS clone/local" "cold scan l/c speed"
+printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-18s\n' scale "db MiB" "RTO clone (s)" \
+  "RTO pgBackRest+start (s)" "ratio" "TPS clone/local cold" "TPS clone/local warm" "cold scan l/c speed"
 first=
 for SCALE in $SCALES; do
   ratio=$(python3 -c "print(f'{$(med s$SCALE.rto.clone) / $(med s$SCALE.rto.local):.3f}')")
   tpsr="$(med s$SCALE.tps.clone)/$(med s$SCALE.tps.local)=$(python3 -c "print(f'{$(med s$SCALE.tps.clone) / $(med s$SCALE.tps.local):.2f}')")"
+  tpsw="$(med s$SCALE.tpswarm.clone)/$(med s$SCALE.tpswarm.local)=$(python3 -c "print(f'{$(med s$SCALE.tpswarm.clone) / $(med s$SCALE.tpswarm.local):.2f}')")"
   scanr=$(python3 -c "print(f'{$(med s$SCALE.scan1.local) / $(med s$SCALE.scan1.clone):.2f}')")
-  printf '%-7s %-9s %-18s %-26s %-9s %-18s %-18s\n' "$SCALE" "$(python3 -c "print(round($(med s$SCALE.dbsize) / 1048576))")" \
-    "$(cell s$SCALE.rto.clone)" "$(cell s$SCALE.rto.local)" "$ratio" "$tpsr" "$scanr"
+  printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-18s\n' "$SCALE" "$(python3 -c "print(round($(med s$SCALE.dbsize) / 1048576))")" \
+    "$(cell s$SCALE.rto.clone)" "$(cell s$SCALE.rto.local)" "$ratio" "$tpsr" "$tpsw" "$scanr"
   [ -z "$first" ] && first=$SCALE
 done
 for SCALE in $SCALES; do
