@@ -3,6 +3,7 @@
 #include <sys/time.h>
 
 #include <algorithm>
+#include <cstring>
 #include <ctime>
 #include <map>
 
@@ -719,6 +720,7 @@ Status CloneFs::Read(CloneIno ino, uint64_t offset, size_t len, std::string* out
   if (inode.type == EntryType::kDirectory) return Status::IsADirectory("cannot read a directory");
   if (offset >= inode.size) return Status::OK();
   uint64_t end = std::min<uint64_t>(inode.size, offset + len);
+  if (end - offset >= TreeReader::kDirectReadBytes) return ReadLarge(inode, offset, end, out);
   uint64_t first = offset / chunk_size_;
   uint64_t last = (end - 1) / chunk_size_;
   TreeReader base(repo_->chunks(), inode.base, chunk_size_);
@@ -756,6 +758,85 @@ Status CloneFs::Read(CloneIno ino, uint64_t offset, size_t len, std::string* out
     }
     out->append(chunk, in_chunk, n);
     offset += n;
+  }
+  return Status::OK();
+}
+
+// A large read is a sequential scan's readahead (the kernel sends up to 1 MiB). As
+// TreeReader::ReadDirect does for snapshots, its base leaves are looked up in one walk and its
+// chunks, overrides and base alike, are decoded in parallel straight into `out`, past the chunk
+// cache: the kernel's page cache keeps what it returns, and one chunk at a time on the FUSE
+// thread made a cold scan of a clone CPU-bound at a quarter of what the store can decode.
+Status CloneFs::ReadLarge(const Inode& inode, uint64_t offset, uint64_t end, std::string* out) {
+  const uint64_t first = offset / chunk_size_;
+  const uint64_t last = (end - 1) / chunk_size_;
+  const size_t count = static_cast<size_t>(last - first + 1);
+  // The overrides of the range are adjacent keys: one iterator, values copied out of it.
+  std::vector<std::string> overrides(count);
+  std::vector<char> overridden(count, 0);
+  if (inode.has_overrides()) {
+    const std::string prefix = ChunkPrefix(inode.ino);
+    auto it = repo_->kv()->NewIterator(Cf::kOverlay);
+    for (it->Seek(ChunkKey(inode.ino, first)); it->Valid(); it->Next()) {
+      std::string_view key = it->key();
+      if (key.substr(0, prefix.size()) != prefix) break;
+      uint64_t index = GetBig64(key.substr(prefix.size()));
+      if (index > last) break;
+      overrides[index - first].assign(it->value());
+      overridden[index - first] = 1;
+    }
+    RETURN_IF_ERROR(it->status());
+  }
+  // Base leaves of the chunks that still hold base bytes (below base_limit).
+  TreeReader base(repo_->chunks(), inode.base, chunk_size_);
+  const uint64_t base_chunks = (inode.base_limit + chunk_size_ - 1) / chunk_size_;
+  std::vector<ChunkId> ids;
+  if (first < base_chunks) {
+    const uint64_t want = std::min<uint64_t>(last + 1, base_chunks) - first;
+    RETURN_IF_ERROR(base.Leaves(first, want, &ids));
+    if (ids.size() != want) {
+      return Status::Corruption("the base of a file in clone '" + info_.name + "' is short");
+    }
+  }
+  const size_t at = out->size();
+  out->resize(at + (end - offset));
+  char* dst = out->data() + at;
+  std::vector<Status> errors(count);
+  repo_->chunks()->ParallelRead(count, [&](size_t i) {
+    const uint64_t index = first + i;
+    const uint64_t chunk_start = index * chunk_size_;
+    const uint64_t from = std::max(offset, chunk_start);
+    const uint64_t to = std::min<uint64_t>(end, chunk_start + chunk_size_);
+    char* into = dst + (from - offset);
+    thread_local std::string whole;
+    if (overridden[i]) {
+      ChunkId id;
+      errors[i] = DecodeOverride(overrides[i], &id, &whole);
+      if (errors[i].ok()) std::memcpy(into, whole.data() + (from - chunk_start), to - from);
+      return;
+    }
+    if (i >= ids.size()) {  // past the base: a hole or an extension
+      std::memset(into, 0, to - from);
+      return;
+    }
+    const size_t size = base.LeafSize(index);
+    const uint64_t valid_end = std::min<uint64_t>(chunk_start + size, inode.base_limit);
+    if (from == chunk_start && to == chunk_start + size && valid_end == to) {
+      errors[i] = repo_->chunks()->GetInto(ids[i], size, into);
+    } else {  // cut by the range, by a truncation, or the base's short last leaf
+      whole.resize(size);
+      errors[i] = repo_->chunks()->GetInto(ids[i], size, whole.data());
+      if (!errors[i].ok()) return;
+      const uint64_t copy_end = std::max(from, std::min(to, valid_end));
+      std::memcpy(into, whole.data() + (from - chunk_start), copy_end - from);
+      std::memset(into + (copy_end - from), 0, to - copy_end);
+    }
+  });
+  for (size_t i = 0; i < count; ++i) {
+    if (!errors[i].ok()) {
+      out->resize(at);
+      return errors[i].WithContext("chunk at offset " + std::to_string((first + i) * chunk_size_));
+    }
   }
   return Status::OK();
 }

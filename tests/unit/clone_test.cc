@@ -105,6 +105,58 @@ TEST_P(CloneTest, ExtendTruncateAndRegrow) {
   EXPECT_EQ(ReadPath(fs_.get(), "base/1/big"), expect);
 }
 
+// Reads of 64 KiB and more decode their chunks in parallel (CloneFs::ReadLarge), smaller ones one
+// chunk at a time: both must give the same bytes over overrides, a truncation inside a chunk, a
+// regrown tail, a hole and the base's short last leaf.
+TEST_P(CloneTest, LargeAndSmallReadsAgree) {
+  auto attr = fs_->LookupPath("base/1/big");
+  ASSERT_TRUE(attr.ok());
+  std::string expect = big_;
+  auto check = [&](const char* when) {
+    const uint64_t size = expect.size();
+    for (uint64_t offset :
+         {uint64_t{0}, uint64_t{1}, uint64_t{8191}, uint64_t{8192 * 5 + 3}, uint64_t{8192 * 590},
+          uint64_t{8192 * 600 + 123 - 70000}, uint64_t{8192 * 699 + 50}}) {
+      for (size_t len : {size_t{4096}, size_t{65536}, size_t{65537}, size_t{1 << 20}}) {
+        std::string out = "prefix";
+        ASSERT_TRUE(fs_->Read(attr->ino, offset, len, &out).ok()) << offset << "+" << len;
+        uint64_t n = std::min<uint64_t>(len, size - offset);
+        EXPECT_EQ(out, "prefix" + expect.substr(offset, n)) << when << ": " << offset << "+" << len;
+      }
+    }
+    // The whole file in 1 MiB requests, as the kernel's readahead asks for it.
+    std::string whole;
+    for (uint64_t offset = 0; offset < size; offset += 1 << 20) {
+      ASSERT_TRUE(fs_->Read(attr->ino, offset, 1 << 20, &whole).ok());
+    }
+    EXPECT_EQ(whole, expect) << when;
+  };
+  for (uint64_t page : {0, 7, 8, 9, 100, 101, 650}) {
+    std::string bytes = RandomBytes(8192, 100 + page);
+    ASSERT_TRUE(fs_->Write(attr->ino, page * 8192, bytes).ok());
+    expect.replace(page * 8192, 8192, bytes);
+  }
+  ASSERT_TRUE(fs_->Write(attr->ino, 8192 * 30 + 17, "partial").ok());
+  expect.replace(8192 * 30 + 17, 7, "partial");
+  check("overrides");
+  // Grown past the base's short last leaf (100 bytes at page 700), with a hole and a tail.
+  CloneSetAttr grow;
+  grow.size = 8192 * 720;
+  ASSERT_TRUE(fs_->SetAttr(attr->ino, grow).ok());
+  expect.resize(8192 * 720, '\0');
+  ASSERT_TRUE(fs_->Write(attr->ino, 8192 * 710 + 5, "tail").ok());
+  expect.replace(8192 * 710 + 5, 4, "tail");
+  check("grown");
+  // Cut inside a chunk and grown again: the base's bytes after the cut read as zeros.
+  CloneSetAttr cut;
+  cut.size = 8192 * 600 + 123;
+  ASSERT_TRUE(fs_->SetAttr(attr->ino, cut).ok());
+  expect.resize(8192 * 600 + 123);
+  ASSERT_TRUE(fs_->SetAttr(attr->ino, grow).ok());
+  expect.resize(8192 * 720, '\0');
+  check("cut and regrown");
+}
+
 TEST_P(CloneTest, NamespaceOperations) {
   auto root = fs_->GetAttr(kCloneRootIno);
   ASSERT_TRUE(root.ok());
