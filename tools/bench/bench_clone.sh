@@ -22,8 +22,10 @@
 #      from disk), then once more right after (warm). A copy pgBackRest has just written sits in
 #      the page cache, so without the restart and drop it would be compared warm against a cold
 #      clone.
-#   3. a cold sequential scan (restart, drop caches, count(*) of pgbench_accounts, twice: the first
-#      one also sets hint bits) on each.
+#   3. cold sequential scans of pgbench_accounts on each: restart, drop caches, count(*) twice
+#      (the first one also sets the hint bits of the rows pgbench changed, which with data
+#      checksums writes a full-page image to WAL for each such page; the second reads the page
+#      cache); then CHECKPOINT, restart, drop caches, and a clean cold count(*) that only reads.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/tools/bench/lib.sh"
@@ -75,18 +77,26 @@ tps() {
   as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$1" -U postgres -c 2 -T "$SECONDS_TPS" postgres 2>/dev/null |
     sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
-# scan DIR LOG PORT: restart (empty shared_buffers), drop caches, two timed count(*).
+# scan DIR LOG PORT: restart (empty shared_buffers), drop caches, two timed count(*); then
+# checkpoint, restart, drop caches, and a third one that finds every hint bit set.
 scan() {
-  pg_stop "$1"
-  bench_drop_caches
-  as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$1" -l "$2" -w -t 900 start >/dev/null
-  local a b c
+  local a b c d
+  restart_cold "$1" "$2"
   a=$(bench_now)
   pg_psql "$3" "SELECT count(*) FROM pgbench_accounts" >/dev/null
   b=$(bench_now)
   pg_psql "$3" "SELECT count(*) FROM pgbench_accounts" >/dev/null
   c=$(bench_now)
-  python3 -c "print(f'{$b - $a:.3f} {$c - $b:.3f}')"
+  pg_psql "$3" "CHECKPOINT" >/dev/null
+  restart_cold "$1" "$2"
+  d=$(bench_now)
+  pg_psql "$3" "SELECT count(*) FROM pgbench_accounts" >/dev/null
+  python3 -c "print(f'{$b - $a:.3f} {$c - $b:.3f} {$(bench_now) - $d:.3f}')"
+}
+restart_cold() {
+  pg_stop "$1"
+  bench_drop_caches
+  as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$1" -l "$2" -w -t 900 start >/dev/null
 }
 r3() { python3 -c "print(f'{$1:.3f}')"; }
 
@@ -184,20 +194,18 @@ EOF
   done
 
   bench_log "scale $SCALE: pgbench -c 2 -T $SECONDS_TPS on each, cold then warm"
-  pg_stop "$MNT/clones/c$SCALE"
   pg_stop "$S/local"
-  bench_drop_caches
-  as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$MNT/clones/c$SCALE" -l "$S/clone.log" -w -t 900 start >/dev/null
+  restart_cold "$MNT/clones/c$SCALE" "$S/clone.log"
   as_pg env PGBACKREST_CONFIG="$CONF" "$PGBIN/pg_ctl" -D "$S/local" -l "$S/local.log" -w -t 900 start >/dev/null
   put "s$SCALE.tps.clone" "$(tps "$CPORT")"
   put "s$SCALE.tps.local" "$(tps "$LPORT")"
   put "s$SCALE.tpswarm.clone" "$(tps "$CPORT")"
   put "s$SCALE.tpswarm.local" "$(tps "$LPORT")"
   bench_log "scale $SCALE: cold sequential scans"
-  read -r c1 c2 < <(scan "$MNT/clones/c$SCALE" "$S/clone.log" "$CPORT")
-  read -r l1 l2 < <(scan "$S/local" "$S/local.log" "$LPORT")
-  put "s$SCALE.scan1.clone" "$c1"; put "s$SCALE.scan2.clone" "$c2"
-  put "s$SCALE.scan1.local" "$l1"; put "s$SCALE.scan2.local" "$l2"
+  read -r c1 c2 c3 < <(scan "$MNT/clones/c$SCALE" "$S/clone.log" "$CPORT")
+  read -r l1 l2 l3 < <(scan "$S/local" "$S/local.log" "$LPORT")
+  put "s$SCALE.scan1.clone" "$c1"; put "s$SCALE.scan2.clone" "$c2"; put "s$SCALE.scan3.clone" "$c3"
+  put "s$SCALE.scan1.local" "$l1"; put "s$SCALE.scan2.local" "$l2"; put "s$SCALE.scan3.local" "$l3"
   pg_stop "$MNT/clones/c$SCALE"
   pg_stop "$S/local"
   "$PGBACKFS" umount "$MNT"
@@ -211,16 +219,18 @@ echo "$("$PGBACKFS" --version 2>/dev/null | head -1) (source $(git -C "$ROOT" re
 echo "load average at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "RTO cells: median ±spread over $RUNS run(s), seconds, cold caches"
 echo
-printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-18s\n' scale "db MiB" "RTO clone (s)" \
-  "RTO pgBackRest+start (s)" "ratio" "TPS clone/local cold" "TPS clone/local warm" "cold scan l/c speed"
+printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-20s %-18s\n' scale "db MiB" "RTO clone (s)" \
+  "RTO pgBackRest+start (s)" "ratio" "TPS clone/local cold" "TPS clone/local warm" \
+  "hint scan speed c/l" "cold scan speed c/l"
 first=
 for SCALE in $SCALES; do
   ratio=$(python3 -c "print(f'{$(med s$SCALE.rto.clone) / $(med s$SCALE.rto.local):.3f}')")
   tpsr="$(med s$SCALE.tps.clone)/$(med s$SCALE.tps.local)=$(python3 -c "print(f'{$(med s$SCALE.tps.clone) / $(med s$SCALE.tps.local):.2f}')")"
   tpsw="$(med s$SCALE.tpswarm.clone)/$(med s$SCALE.tpswarm.local)=$(python3 -c "print(f'{$(med s$SCALE.tpswarm.clone) / $(med s$SCALE.tpswarm.local):.2f}')")"
   scanr=$(python3 -c "print(f'{$(med s$SCALE.scan1.local) / $(med s$SCALE.scan1.clone):.2f}')")
-  printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-18s\n' "$SCALE" "$(python3 -c "print(round($(med s$SCALE.dbsize) / 1048576))")" \
-    "$(cell s$SCALE.rto.clone)" "$(cell s$SCALE.rto.local)" "$ratio" "$tpsr" "$tpsw" "$scanr"
+  scan3r=$(python3 -c "print(f'{$(med s$SCALE.scan3.local) / $(med s$SCALE.scan3.clone):.2f}')")
+  printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-20s %-18s\n' "$SCALE" "$(python3 -c "print(round($(med s$SCALE.dbsize) / 1048576))")" \
+    "$(cell s$SCALE.rto.clone)" "$(cell s$SCALE.rto.local)" "$ratio" "$tpsr" "$tpsw" "$scanr" "$scan3r"
   [ -z "$first" ] && first=$SCALE
 done
 for SCALE in $SCALES; do
