@@ -706,7 +706,7 @@ Status WalParser::ProcessPage(const char* page) {
       RETURN_IF_ERROR(ConsumeRecordBytes(page + pos, n, &done));
       pos += n;
       if (done) {
-        RETURN_IF_ERROR(FinishRecord());
+        RETURN_IF_ERROR(FinishRecord(page_lsn + pos));
         pos = static_cast<uint32_t>(AlignUp8(pos));
       }
     }
@@ -755,7 +755,7 @@ Status WalParser::ProcessPage(const char* page) {
     if (state_ != State::kRecords) break;
     pos += n;
     if (!done) break;
-    RETURN_IF_ERROR(FinishRecord());
+    RETURN_IF_ERROR(FinishRecord(page_lsn + pos));
     pos = static_cast<uint32_t>(AlignUp8(pos));
   }
   ++page_index_;
@@ -805,7 +805,7 @@ Status WalParser::CheckRecordHeader() {
   return Status::OK();
 }
 
-Status WalParser::FinishRecord() {
+Status WalParser::FinishRecord(uint64_t end_lsn) {
   const char* h = rec_.kept.data();
   uint32_t crc = Crc32cFinish(Crc32cExtend(rec_.crc, h, kXlCrc));
   uint32_t stored = Load32(h + kXlCrc);
@@ -820,7 +820,9 @@ Status WalParser::FinishRecord() {
   ++summary_.records;
   if (summary_.first_lsn == 0) summary_.first_lsn = rec_.lsn;
   summary_.last_lsn = rec_.lsn;
-  summary_.end_lsn = rec_.lsn + rec_.total_len;
+  // Not lsn + total_len: a record that spans pages has their headers inside it.
+  rec_.end_lsn = end_lsn;
+  summary_.end_lsn = end_lsn;
   prev_lsn_ = rec_.lsn;
   rec_.active = false;
   const uint8_t rmid = static_cast<uint8_t>(h[kXlRmid]);
@@ -924,7 +926,7 @@ Status WalParser::DecodeEvent(const Record& r, uint8_t rmid, uint8_t info, uint3
   WalEvent e;
   e.tli = seg_name_.tli;
   e.lsn = r.lsn;
-  e.end_lsn = r.lsn + r.total_len;
+  e.end_lsn = r.end_lsn;
   if (rmid == kRmXlog) {
     switch (info & 0xF0) {
       case kXlogCheckpointShutdown:

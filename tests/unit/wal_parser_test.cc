@@ -208,23 +208,31 @@ TEST(WalParserTest, EventsOfASegment) {
 
 TEST(WalParserTest, RecordsAcrossPagesAndSplitHeaders) {
   WalBuilder b(1, 1);
-  std::vector<uint64_t> commits;
+  std::vector<uint64_t> commits, ends;
   b.Filler(20000);  // spans three pages
   commits.push_back(b.Commit(1, kT0));
+  ends.push_back(b.last_end());
   b.FillToPageOffset(8);  // the next header is split 8 + 16
   commits.push_back(b.Commit(2, kT0 + 1));
+  ends.push_back(b.last_end());
   b.FillToPageOffset(16);  // split 16 + 8
   commits.push_back(b.Commit(3, kT0 + 2));
+  ends.push_back(b.last_end());
   b.FillToPageOffset(8);
   b.Filler(30000);  // a big record whose header is split, over several pages
   commits.push_back(b.Commit(4, kT0 + 3));
+  ends.push_back(b.last_end());
   EXPECT_EQ((commits[1] + 8) % 8192, 0u);
   EXPECT_EQ((commits[2] + 16) % 8192, 0u);
+  // Commits 2 and 3 span two pages: the page header in between is part of their extent.
+  EXPECT_EQ(ends[1], commits[1] + 34 + 24);
+  EXPECT_EQ(ends[2], commits[2] + 34 + 24);
   Parsed p = Parse(b.SegmentName(1), b.Segment(1));
   ASSERT_TRUE(p.status.ok()) << p.status.ToString();
   ASSERT_EQ(p.events.size(), 4u);
   for (size_t i = 0; i < 4; ++i) {
     EXPECT_EQ(p.events[i].lsn, commits[i]);
+    EXPECT_EQ(p.events[i].end_lsn, ends[i]) << i;
     EXPECT_EQ(p.events[i].xid, i + 1);
   }
   // WAL ends with zeros: a clean end, not an error.
@@ -244,6 +252,7 @@ TEST(WalParserTest, RecordAcrossSegmentBoundary) {
   XactParts big;
   big.invals = 2000;  // 32 KB of main data: the commit runs into the next segment
   uint64_t crossing = b.Commit(11, kT0 + 1, big);
+  uint64_t crossing_end = b.last_end();
   uint64_t after = b.Commit(12, kT0 + 2);
   ASSERT_LT(crossing, 4u << 20);
   ASSERT_GT(after, 4u << 20);
@@ -269,6 +278,7 @@ TEST(WalParserTest, RecordAcrossSegmentBoundary) {
   ASSERT_TRUE(second.status.ok()) << second.status.ToString();
   ASSERT_EQ(second.events.size(), 2u);
   EXPECT_EQ(second.events[0].lsn, crossing);
+  EXPECT_EQ(second.events[0].end_lsn, crossing_end);  // past the long header and 3 short ones
   EXPECT_EQ(second.events[0].xid, 11u);
   EXPECT_EQ(second.events[1].lsn, after);
   EXPECT_EQ(second.summary.first_lsn, crossing);
@@ -453,7 +463,7 @@ TEST(WalParserTest, RealPostgres15Segment) {
   std::vector<std::string> expected = {
       "CHECKPOINT_ONLINE lsn 0/900060 end 0/9000D2 tli 1 redo 0/900028 this_tli 1 prev_tli 1 "
       "next_xid 0:724 time 2026-11-22 02:19:45.000000 UTC",
-      "COMMIT lsn 0/929AF0 end 0/92A025 tli 1 xid 724 time 2026-11-22 02:19:46.038306 UTC",
+      "COMMIT lsn 0/929AF0 end 0/92A03D tli 1 xid 724 time 2026-11-22 02:19:46.038306 UTC",
       "COMMIT lsn 0/92A6E0 end 0/92A702 tli 1 xid 725 time 2026-11-22 02:19:46.145358 UTC",
       "COMMIT lsn 0/92AD48 end 0/92AD6A tli 1 xid 726 time 2026-11-22 02:19:46.255287 UTC",
       "COMMIT lsn 0/92B3B0 end 0/92B3D2 tli 1 xid 727 time 2026-11-22 02:19:46.343269 UTC",
@@ -466,6 +476,11 @@ TEST(WalParserTest, RealPostgres15Segment) {
       "SWITCH lsn 0/92BA90 end 0/92BAA8 tli 1",
   };
   EXPECT_EQ(Lines(p.events), expected);
+  // The commit at 0/929AF0 (1333 bytes) runs over the page boundary at 0/92A000, so its end
+  // counts that page's header; pg_waldump shows the next record at its end MAXALIGNed.
+  ASSERT_EQ(p.events[1].lsn, 0x929AF0u);
+  EXPECT_EQ(p.events[1].end_lsn, 0x929AF0u + 1333 + 24);
+  EXPECT_EQ(FormatLsn((p.events[1].end_lsn + 7) & ~uint64_t{7}), "0/92A040");
 }
 
 // A full 16 MiB segment of small and page-sized records parses in well under 100 ms.
