@@ -202,7 +202,9 @@ struct WalParserOptions {
   bool tolerant = false;
   // When the first page continues a record from the previous segment: returns that segment's
   // continuation (resume_lsn is this segment's first byte), or nullopt if unknown, in which case
-  // the parser skips the record's tail unverified (WalParseSummary::unverified_head).
+  // the parser skips the record's tail unverified (WalParseSummary::unverified_head). One that
+  // could not lead here (have_len and the page headers crossed do not fill the WAL from record_lsn
+  // to resume_lsn, or xlp_rem_len disagrees) is Corruption.
   std::function<Result<std::optional<WalContinuation>>(uint64_t resume_lsn)> continuation;
 };
 
@@ -259,6 +261,8 @@ class WalParser {
   // Consumes up to `n` bytes of the current record; sets *done when it completes.
   Status ConsumeRecordBytes(const char* p, uint32_t n, bool* done);
   Status CheckRecordHeader();
+  // Why `c` cannot be the record this segment's first page continues ("" if it can).
+  std::string CheckContinuation(const WalContinuation& c) const;
   // `end_lsn`: just past the record's last byte, in the page it ends in.
   Status FinishRecord(uint64_t end_lsn);
   Status DecodeEvent(const Record& r, uint8_t rmid, uint8_t info, uint32_t xl_xid);

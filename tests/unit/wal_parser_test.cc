@@ -325,6 +325,87 @@ TEST(WalParserTest, SplitHeaderAndPreparedCommitAcrossSegments) {
   EXPECT_EQ(second.events[0].lsn, cp);
 }
 
+// A continuation comes from the WAL index, so it may be damaged. Its record must fill the WAL
+// from its start to the segment exactly: have_len bytes plus the page headers crossed. Found by
+// fuzz_wal_segment (tests/fuzz/corpus/fuzz_wal_segment/crash-continuation-gap): a record_lsn
+// further back was accepted, and the record ended before the segment it was finished in.
+TEST(WalParserTest, ContinuationGeometryMustAddUp) {
+  WalBuilder b(1, 3);
+  b.FillToSegmentEnd(200);
+  // A record that begins 200 bytes before segment 4, runs through all of it and ends in 5.
+  uint64_t big = b.Filler(1200000);
+  uint64_t big_end = b.last_end();
+  uint64_t after = b.Commit(20, kT0);
+  ASSERT_EQ(big, (4u << 20) - 200);
+  ASSERT_GT(big_end, 5u << 20);
+
+  Parsed s3 = Parse(b.SegmentName(3), b.Segment(3));
+  ASSERT_TRUE(s3.status.ok()) << s3.status.ToString();
+  ASSERT_TRUE(s3.continuation.has_value());
+  EXPECT_EQ(s3.continuation->have_len, 200u);
+  Parsed s4 = Parse(b.SegmentName(4), b.Segment(4), 0, s3.continuation);
+  ASSERT_TRUE(s4.status.ok()) << s4.status.ToString();
+  ASSERT_TRUE(s4.continuation.has_value());
+  EXPECT_EQ(s4.continuation->record_lsn, big);
+  // All of segment 4 but its 128 page headers, the first a long one.
+  EXPECT_EQ(s4.continuation->have_len, 200u + (1u << 20) - 40 - 127 * 24);
+  Parsed s5 = Parse(b.SegmentName(5), b.Segment(5), 0, s4.continuation);
+  ASSERT_TRUE(s5.status.ok()) << s5.status.ToString();
+  EXPECT_EQ(s5.summary.first_lsn, big);
+  ASSERT_EQ(s5.events.size(), 1u);
+  EXPECT_EQ(s5.events[0].lsn, after);
+  EXPECT_EQ(s5.events[0].lsn, (big_end + 7) & ~uint64_t{7});
+
+  auto refused = [&](const WalContinuation& c, const std::string& why) {
+    Parsed p = Parse(b.SegmentName(4), b.Segment(4), 0, c);
+    EXPECT_TRUE(p.status.IsCorruption()) << why << ": " << p.status.ToString();
+    EXPECT_NE(p.status.message().find("does not lead here"), std::string::npos)
+        << why << ": " << p.status.ToString();
+    EXPECT_FALSE(p.continuation.has_value()) << why;
+  };
+  for (uint64_t back : {8u, 2144u, 8192u, 1u << 20}) {
+    WalContinuation c = *s3.continuation;
+    c.record_lsn -= back;  // more WAL before the segment than the record's bytes explain
+    refused(c, "record_lsn " + std::to_string(back) + " bytes back");
+  }
+  {
+    WalContinuation c = *s3.continuation;
+    c.record_lsn += 8;  // less
+    refused(c, "record_lsn 8 bytes on");
+  }
+  {
+    WalContinuation c = *s3.continuation;
+    c.record_lsn -= 4;
+    c.have_len += 4;
+    c.total_len += 4;  // xlp_rem_len still matches
+    refused(c, "an unaligned record_lsn");
+  }
+  {
+    // The bytes add up, but the record would start where the last page's header is.
+    WalContinuation c = *s3.continuation;
+    c.record_lsn = (4u << 20) - 8192;
+    c.total_len += 8192 - c.have_len;
+    c.have_len = 8192;
+    refused(c, "a record_lsn inside a page header");
+  }
+  {
+    // Across a segment boundary its long header must be counted, not a short one.
+    WalContinuation c = *s4.continuation;
+    c.record_lsn += 16;
+    c.have_len -= 16;
+    c.total_len -= 16;
+    Parsed p = Parse(b.SegmentName(5), b.Segment(5), 0, c);
+    EXPECT_TRUE(p.status.IsCorruption()) << p.status.ToString();
+  }
+  {
+    // A record shorter than its own header.
+    WalContinuation c = *s3.continuation;
+    c.total_len = 20;
+    c.have_len = 16;
+    refused(c, "total_len 20");
+  }
+}
+
 TEST(WalParserTest, CrcFailureNamesSegmentAndLsn) {
   WalBuilder b(1, 2);
   b.Commit(1, kT0);
