@@ -339,22 +339,23 @@ TEST(WalParserTest, ContinuationGeometryMustAddUp) {
   ASSERT_EQ(big, (4u << 20) - 200);
   ASSERT_GT(big_end, 5u << 20);
 
-  Parsed s3 = Parse(b.SegmentName(3), b.Segment(3));
-  ASSERT_TRUE(s3.status.ok()) << s3.status.ToString();
-  ASSERT_TRUE(s3.continuation.has_value());
-  EXPECT_EQ(s3.continuation->have_len, 200u);
-  Parsed s4 = Parse(b.SegmentName(4), b.Segment(4), 0, s3.continuation);
-  ASSERT_TRUE(s4.status.ok()) << s4.status.ToString();
-  ASSERT_TRUE(s4.continuation.has_value());
-  EXPECT_EQ(s4.continuation->record_lsn, big);
+  // Segments 3, 4 and 5 in order, each handed the one before's continuation, as the index does.
+  std::vector<Parsed> seg(6);
+  for (uint64_t segno : {3u, 4u, 5u}) {
+    seg[segno] = Parse(b.SegmentName(segno), b.Segment(segno), 0, seg[segno - 1].continuation);
+    ASSERT_TRUE(seg[segno].status.ok()) << segno << ": " << seg[segno].status.ToString();
+  }
+  const std::optional<WalContinuation>& c3 = seg[3].continuation;
+  const std::optional<WalContinuation>& c4 = seg[4].continuation;
+  ASSERT_TRUE(c3.has_value() && c4.has_value());
+  EXPECT_EQ(c3->have_len, 200u);
+  EXPECT_EQ(c4->record_lsn, big);
   // All of segment 4 but its 128 page headers, the first a long one.
-  EXPECT_EQ(s4.continuation->have_len, 200u + (1u << 20) - 40 - 127 * 24);
-  Parsed s5 = Parse(b.SegmentName(5), b.Segment(5), 0, s4.continuation);
-  ASSERT_TRUE(s5.status.ok()) << s5.status.ToString();
-  EXPECT_EQ(s5.summary.first_lsn, big);
-  ASSERT_EQ(s5.events.size(), 1u);
-  EXPECT_EQ(s5.events[0].lsn, after);
-  EXPECT_EQ(s5.events[0].lsn, (big_end + 7) & ~uint64_t{7});
+  EXPECT_EQ(c4->have_len, 200u + (1u << 20) - 40 - 127 * 24);
+  EXPECT_EQ(seg[5].summary.first_lsn, big);
+  ASSERT_EQ(seg[5].events.size(), 1u);
+  EXPECT_EQ(seg[5].events[0].lsn, after);
+  EXPECT_EQ(seg[5].events[0].lsn, (big_end + 7) & ~uint64_t{7});
 
   auto refused = [&](const WalContinuation& c, const std::string& why) {
     Parsed p = Parse(b.SegmentName(4), b.Segment(4), 0, c);
@@ -364,17 +365,17 @@ TEST(WalParserTest, ContinuationGeometryMustAddUp) {
     EXPECT_FALSE(p.continuation.has_value()) << why;
   };
   for (uint64_t back : {8u, 2144u, 8192u, 1u << 20}) {
-    WalContinuation c = *s3.continuation;
+    WalContinuation c = *c3;
     c.record_lsn -= back;  // more WAL before the segment than the record's bytes explain
     refused(c, "record_lsn " + std::to_string(back) + " bytes back");
   }
   {
-    WalContinuation c = *s3.continuation;
+    WalContinuation c = *c3;
     c.record_lsn += 8;  // less
     refused(c, "record_lsn 8 bytes on");
   }
   {
-    WalContinuation c = *s3.continuation;
+    WalContinuation c = *c3;
     c.record_lsn -= 4;
     c.have_len += 4;
     c.total_len += 4;  // xlp_rem_len still matches
@@ -382,7 +383,7 @@ TEST(WalParserTest, ContinuationGeometryMustAddUp) {
   }
   {
     // The bytes add up, but the record would start where the last page's header is.
-    WalContinuation c = *s3.continuation;
+    WalContinuation c = *c3;
     c.record_lsn = (4u << 20) - 8192;
     c.total_len += 8192 - c.have_len;
     c.have_len = 8192;
@@ -390,7 +391,7 @@ TEST(WalParserTest, ContinuationGeometryMustAddUp) {
   }
   {
     // Across a segment boundary its long header must be counted, not a short one.
-    WalContinuation c = *s4.continuation;
+    WalContinuation c = *c4;
     c.record_lsn += 16;
     c.have_len -= 16;
     c.total_len -= 16;
@@ -399,7 +400,7 @@ TEST(WalParserTest, ContinuationGeometryMustAddUp) {
   }
   {
     // A record shorter than its own header.
-    WalContinuation c = *s3.continuation;
+    WalContinuation c = *c3;
     c.total_len = 20;
     c.have_len = 16;
     refused(c, "total_len 20");
