@@ -109,6 +109,16 @@ inline uint64_t Load64(const char* p) {
 inline uint64_t AlignUp8(uint64_t v) { return (v + 7) & ~uint64_t{7}; }
 inline bool IsPowerOfTwo(uint64_t v) { return v && !(v & (v - 1)); }
 
+// The bytes of page headers in the WAL stream between LSNs `from` < `to`: each page that starts
+// in (from, to) opens with one, the long one if the page also starts a segment.
+uint64_t PageHeaderBytesBetween(uint64_t from, uint64_t to, uint32_t page_size, uint64_t seg_size,
+                                const WalLayout& layout) {
+  const uint64_t pages = (to - 1) / page_size - from / page_size;
+  const uint64_t segments = (to - 1) / seg_size - from / seg_size;
+  return pages * layout.short_page_header +
+         segments * (layout.long_page_header - layout.short_page_header);
+}
+
 bool AllZero(const char* p, size_t n) {
   for (size_t i = 0; i < n; ++i)
     if (p[i]) return false;
@@ -651,15 +661,10 @@ Status WalParser::ProcessPage(const char* page) {
       cont = std::move(c).value();
     }
     if (cont && (info & kXlpFirstIsContrecord)) {
-      // The continuation comes from the WAL index: damaged, it must not place the record
-      // elsewhere (its start before this segment, with at least have_len bytes in between).
-      if (cont->resume_lsn != summary_.start_lsn || cont->seg_size != summary_.seg_size ||
-          cont->page_tli > page_tli_ || cont->have_len >= cont->total_len ||
-          cont->record_lsn >= cont->resume_lsn ||
-          cont->resume_lsn - cont->record_lsn < cont->have_len ||
-          cont->kept.size() < std::min(cont->have_len, layout_->record_header))
+      std::string why = CheckContinuation(*cont);
+      if (!why.empty())
         return Fail(page_lsn, "the previous segment's unfinished record at " +
-                                  FormatLsn(cont->record_lsn) + " does not lead here");
+                                  FormatLsn(cont->record_lsn) + " does not lead here: " + why);
       rec_.active = true;
       rec_.lsn = cont->record_lsn;
       rec_.total_len = cont->total_len;
@@ -706,7 +711,7 @@ Status WalParser::ProcessPage(const char* page) {
       RETURN_IF_ERROR(ConsumeRecordBytes(page + pos, n, &done));
       pos += n;
       if (done) {
-        RETURN_IF_ERROR(FinishRecord());
+        RETURN_IF_ERROR(FinishRecord(page_lsn + pos));
         pos = static_cast<uint32_t>(AlignUp8(pos));
       }
     }
@@ -755,7 +760,7 @@ Status WalParser::ProcessPage(const char* page) {
     if (state_ != State::kRecords) break;
     pos += n;
     if (!done) break;
-    RETURN_IF_ERROR(FinishRecord());
+    RETURN_IF_ERROR(FinishRecord(page_lsn + pos));
     pos = static_cast<uint32_t>(AlignUp8(pos));
   }
   ++page_index_;
@@ -805,7 +810,36 @@ Status WalParser::CheckRecordHeader() {
   return Status::OK();
 }
 
-Status WalParser::FinishRecord() {
+// The continuation comes from the WAL index. Damaged, it could place the record anywhere, and
+// the record's start and end would then be wrong in the index; so its geometry must be the one
+// the previous segment's parser could have left.
+std::string WalParser::CheckContinuation(const WalContinuation& c) const {
+  const uint64_t start = summary_.start_lsn;
+  const uint32_t ps = summary_.page_size;
+  if (c.resume_lsn != start) return "it resumes at " + FormatLsn(c.resume_lsn);
+  if (c.seg_size != summary_.seg_size) return "its segment size is " + std::to_string(c.seg_size);
+  if (c.page_tli > page_tli_)
+    return "its page timeline " + std::to_string(c.page_tli) + " is later than this page's";
+  if (c.total_len < layout_->record_header || c.total_len > kMaxRecordLen ||
+      c.have_len >= c.total_len)
+    return "it has " + std::to_string(c.have_len) + " of " + std::to_string(c.total_len) + " bytes";
+  if (c.kept.size() < std::min(c.have_len, layout_->record_header)) return "its header is not kept";
+  // Records start 8-byte aligned, after their page's header, and this one before this segment.
+  const uint32_t header =
+      c.record_lsn % c.seg_size < ps ? layout_->long_page_header : layout_->short_page_header;
+  if (c.record_lsn >= start || c.record_lsn % 8 != 0 || c.record_lsn % ps < header)
+    return "no record can start there";
+  // It filled the WAL from its start to this segment: have_len bytes of it, and the header of
+  // every page it ran into.
+  const uint64_t headers = PageHeaderBytesBetween(c.record_lsn, start, ps, c.seg_size, *layout_);
+  if (start - c.record_lsn != c.have_len + headers)
+    return std::to_string(c.have_len) + " bytes of it and " + std::to_string(headers) +
+           " bytes of page headers do not fill the " + std::to_string(start - c.record_lsn) +
+           " bytes before this segment";
+  return "";
+}
+
+Status WalParser::FinishRecord(uint64_t end_lsn) {
   const char* h = rec_.kept.data();
   uint32_t crc = Crc32cFinish(Crc32cExtend(rec_.crc, h, kXlCrc));
   uint32_t stored = Load32(h + kXlCrc);
@@ -820,7 +854,9 @@ Status WalParser::FinishRecord() {
   ++summary_.records;
   if (summary_.first_lsn == 0) summary_.first_lsn = rec_.lsn;
   summary_.last_lsn = rec_.lsn;
-  summary_.end_lsn = rec_.lsn + rec_.total_len;
+  // Not lsn + total_len: a record that spans pages has their headers inside it.
+  rec_.end_lsn = end_lsn;
+  summary_.end_lsn = end_lsn;
   prev_lsn_ = rec_.lsn;
   rec_.active = false;
   const uint8_t rmid = static_cast<uint8_t>(h[kXlRmid]);
@@ -924,7 +960,7 @@ Status WalParser::DecodeEvent(const Record& r, uint8_t rmid, uint8_t info, uint3
   WalEvent e;
   e.tli = seg_name_.tli;
   e.lsn = r.lsn;
-  e.end_lsn = r.lsn + r.total_len;
+  e.end_lsn = r.end_lsn;
   if (rmid == kRmXlog) {
     switch (info & 0xF0) {
       case kXlogCheckpointShutdown:

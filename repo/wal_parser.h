@@ -114,9 +114,12 @@ const char* WalEventTypeName(WalEventType type);  // "COMMIT", "CHECKPOINT_ONLIN
 // One record the index keeps. Which fields mean something depends on `type`.
 struct WalEvent {
   WalEventType type = WalEventType::kCommit;
-  uint32_t tli = 0;      // the timeline of the file the record was read from
-  uint64_t lsn = 0;      // where the record starts
-  uint64_t end_lsn = 0;  // where it ends (the start of the next record, before alignment)
+  uint32_t tli = 0;  // the timeline of the file the record was read from
+  uint64_t lsn = 0;  // where the record starts
+  // Just past the record's last byte, counting the page headers inside a record that spans pages.
+  // PostgreSQL's EndRecPtr (pg_walinspect's end_lsn) is this MAXALIGNed, and for a switch record
+  // the end of its segment.
+  uint64_t end_lsn = 0;
   // Transactions: the xid that ended (for *_PREPARED, the prepared transaction's xid).
   uint32_t xid = 0;
   // TimestampTz: commit/abort time, restore point time, end-of-recovery time, checkpoint time
@@ -199,7 +202,9 @@ struct WalParserOptions {
   bool tolerant = false;
   // When the first page continues a record from the previous segment: returns that segment's
   // continuation (resume_lsn is this segment's first byte), or nullopt if unknown, in which case
-  // the parser skips the record's tail unverified (WalParseSummary::unverified_head).
+  // the parser skips the record's tail unverified (WalParseSummary::unverified_head). One that
+  // could not lead here (have_len and the page headers crossed do not fill the WAL from record_lsn
+  // to resume_lsn, or xlp_rem_len disagrees) is Corruption.
   std::function<Result<std::optional<WalContinuation>>(uint64_t resume_lsn)> continuation;
 };
 
@@ -245,7 +250,8 @@ class WalParser {
     uint32_t have = 0;
     uint32_t crc = 0;
     uint32_t keep_len = 0;
-    bool decode = false;  // a record the index wants (known once its header is complete)
+    bool decode = false;   // a record the index wants (known once its header is complete)
+    uint64_t end_lsn = 0;  // set by FinishRecord
     std::string kept;
   };
 
@@ -255,7 +261,10 @@ class WalParser {
   // Consumes up to `n` bytes of the current record; sets *done when it completes.
   Status ConsumeRecordBytes(const char* p, uint32_t n, bool* done);
   Status CheckRecordHeader();
-  Status FinishRecord();
+  // Why `c` cannot be the record this segment's first page continues ("" if it can).
+  std::string CheckContinuation(const WalContinuation& c) const;
+  // `end_lsn`: just past the record's last byte, in the page it ends in.
+  Status FinishRecord(uint64_t end_lsn);
   Status DecodeEvent(const Record& r, uint8_t rmid, uint8_t info, uint32_t xl_xid);
   // Ends the WAL at `lsn` for a reason that is an error unless the parser is tolerant.
   Status EndOrFail(WalEnd end, uint64_t lsn, const std::string& what);

@@ -104,9 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Outcome whole = Run(name, options, in, SIZE_MAX);
   const WalParseSummary& s = whole.summary;
   FUZZ_CHECK(s.bytes == in.size());
-  // With a continuation the parser trusts its gap (tests/fuzz/open/README.md): the bound on
-  // end_lsn holds only for segments parsed on their own.
-  if (whole.status.ok() && s.seg_size && !have_given) {
+  if (whole.status.ok() && s.seg_size) {
     FUZZ_CHECK(IsValidWalSegmentSize(s.seg_size));
     FUZZ_CHECK_MSG(s.end_lsn - s.start_lsn <= s.seg_size,  // the last segment ends at 2^64
                    FormatLsn(s.start_lsn) + " + " + std::to_string(s.seg_size) + " < " +

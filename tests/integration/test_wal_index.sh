@@ -3,7 +3,9 @@
 # oracle: a server archives WAL while transactions commit, abort, prepare, a restore point is
 # made, a big insert makes records cross segment boundaries, then a DELETE and pg_switch_wal.
 #   - `pgbackfs debug wal-parse` reports the same commits/aborts (xid, LSN, time), restore point,
-#     checkpoints (redo, timeline) and switch records as pg_waldump for the same files;
+#     checkpoints (redo, timeline) and switch records as pg_waldump for the same files, and ends
+#     each where pg_waldump's next record begins (MAXALIGNed, past a page header), records that
+#     span pages included;
 #   - a damaged segment is refused with a message naming the file and LSN;
 #   - `pgbackfs debug wal-index` (shuffled, then in order) and `wal-find` answer the xid, restore
 #     point and time queries as pg_waldump's output says, with no gap and nothing unverified.
@@ -40,6 +42,8 @@ q "begin; insert into t values (2000, 'p'); prepare transaction 'p1';"
 q "commit prepared 'p1'"
 q "begin; insert into t values (3000, 'q'); prepare transaction 'p2';"
 q "rollback prepared 'p2'"
+# 2000 subtransactions with an xid each: the commit record lists them (8 KB), so it spans pages.
+q "do \$\$ begin for i in 1..2000 loop begin insert into t values (200000 + i, 's'); exception when others then null; end; end loop; end \$\$"
 # About 4 MiB of WAL in small transactions and one big one: records cross pages and segments.
 for i in $(seq 1 20); do
   q "insert into t select g, repeat(md5(g::text), 4) from generate_series($i*1000+10000, $i*1000+10999) g"
@@ -126,6 +130,41 @@ fi
 for kind in COMMIT ABORT COMMIT_PREPARED ABORT_PREPARED RESTORE_POINT CHECKPOINT_ONLINE SWITCH; do
   grep -q "^$kind " "$T/ours.norm" || fail "no $kind event in the WAL read"
 done
+# Ends: PostgreSQL's next record starts at our end MAXALIGNed, or past the page header if that is
+# a page boundary (1 MiB segments, 8 KiB pages). A switch record's next one is in the next segment.
+if ! python3 - "$T/ours.txt" "$T/waldump.txt" <<'PY'
+import bisect, re, sys
+ours_path, dump_path = sys.argv[1:3]
+def lsn(s):
+    hi, lo = s.split('/')
+    return int(hi, 16) << 32 | int(lo, 16)
+starts = sorted(lsn(m.group(1)) for m in
+                (re.search(r', lsn: (\S+), prev', l) for l in open(dump_path)) if m)
+checked = spanning = bad = 0
+for line in open(ours_path):
+    f = line.split()
+    if not f or f[0] in ('file', 'SWITCH'):
+        continue
+    start, end = lsn(f[2]), lsn(f[4])
+    i = bisect.bisect_right(starts, start)
+    if i == len(starts):
+        continue  # the last record pg_waldump read
+    expected = (end + 7) & ~7
+    if expected % 8192 == 0:
+        expected += 40 if expected % (1 << 20) == 0 else 24
+    checked += 1
+    spanning += start // 8192 != (end - 1) // 8192
+    if starts[i] != expected:
+        bad += 1
+        print('%s at %s ends at %s, but the next record is at %X/%X' %
+              (f[0], f[2], f[4], starts[i] >> 32, starts[i] & 0xFFFFFFFF))
+print('ends: %d events checked against the next record, %d of them span pages' % (checked, spanning))
+sys.exit(1 if bad or spanning == 0 else 0)
+PY
+then
+  fail "event ends disagree with pg_waldump (or no event spans pages)"
+fi
+
 CROSSING=$(awk '/^file/ && / continues 1 / {n++} END {print n+0}' "$T/ours.txt")
 [ "$CROSSING" -ge 1 ] || fail "expected records crossing a segment boundary"
 log "ok: wal-parse agrees with pg_waldump ($(wc -l <"$T/ours.norm") events, $CROSSING segment-crossing records)"

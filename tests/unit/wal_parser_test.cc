@@ -208,23 +208,31 @@ TEST(WalParserTest, EventsOfASegment) {
 
 TEST(WalParserTest, RecordsAcrossPagesAndSplitHeaders) {
   WalBuilder b(1, 1);
-  std::vector<uint64_t> commits;
+  std::vector<uint64_t> commits, ends;
   b.Filler(20000);  // spans three pages
   commits.push_back(b.Commit(1, kT0));
+  ends.push_back(b.last_end());
   b.FillToPageOffset(8);  // the next header is split 8 + 16
   commits.push_back(b.Commit(2, kT0 + 1));
+  ends.push_back(b.last_end());
   b.FillToPageOffset(16);  // split 16 + 8
   commits.push_back(b.Commit(3, kT0 + 2));
+  ends.push_back(b.last_end());
   b.FillToPageOffset(8);
   b.Filler(30000);  // a big record whose header is split, over several pages
   commits.push_back(b.Commit(4, kT0 + 3));
+  ends.push_back(b.last_end());
   EXPECT_EQ((commits[1] + 8) % 8192, 0u);
   EXPECT_EQ((commits[2] + 16) % 8192, 0u);
+  // Commits 2 and 3 span two pages: the page header in between is part of their extent.
+  EXPECT_EQ(ends[1], commits[1] + 34 + 24);
+  EXPECT_EQ(ends[2], commits[2] + 34 + 24);
   Parsed p = Parse(b.SegmentName(1), b.Segment(1));
   ASSERT_TRUE(p.status.ok()) << p.status.ToString();
   ASSERT_EQ(p.events.size(), 4u);
   for (size_t i = 0; i < 4; ++i) {
     EXPECT_EQ(p.events[i].lsn, commits[i]);
+    EXPECT_EQ(p.events[i].end_lsn, ends[i]) << i;
     EXPECT_EQ(p.events[i].xid, i + 1);
   }
   // WAL ends with zeros: a clean end, not an error.
@@ -244,6 +252,7 @@ TEST(WalParserTest, RecordAcrossSegmentBoundary) {
   XactParts big;
   big.invals = 2000;  // 32 KB of main data: the commit runs into the next segment
   uint64_t crossing = b.Commit(11, kT0 + 1, big);
+  uint64_t crossing_end = b.last_end();
   uint64_t after = b.Commit(12, kT0 + 2);
   ASSERT_LT(crossing, 4u << 20);
   ASSERT_GT(after, 4u << 20);
@@ -269,6 +278,7 @@ TEST(WalParserTest, RecordAcrossSegmentBoundary) {
   ASSERT_TRUE(second.status.ok()) << second.status.ToString();
   ASSERT_EQ(second.events.size(), 2u);
   EXPECT_EQ(second.events[0].lsn, crossing);
+  EXPECT_EQ(second.events[0].end_lsn, crossing_end);  // past the long header and 3 short ones
   EXPECT_EQ(second.events[0].xid, 11u);
   EXPECT_EQ(second.events[1].lsn, after);
   EXPECT_EQ(second.summary.first_lsn, crossing);
@@ -313,6 +323,88 @@ TEST(WalParserTest, SplitHeaderAndPreparedCommitAcrossSegments) {
   EXPECT_EQ(second.events[0].type, WalEventType::kCommitPrepared);
   EXPECT_EQ(second.events[0].xid, 4242u);
   EXPECT_EQ(second.events[0].lsn, cp);
+}
+
+// A continuation comes from the WAL index, so it may be damaged. Its record must fill the WAL
+// from its start to the segment exactly: have_len bytes plus the page headers crossed. Found by
+// fuzz_wal_segment (tests/fuzz/corpus/fuzz_wal_segment/crash-continuation-gap): a record_lsn
+// further back was accepted, and the record ended before the segment it was finished in.
+TEST(WalParserTest, ContinuationGeometryMustAddUp) {
+  WalBuilder b(1, 3);
+  b.FillToSegmentEnd(200);
+  // A record that begins 200 bytes before segment 4, runs through all of it and ends in 5.
+  uint64_t big = b.Filler(1200000);
+  uint64_t big_end = b.last_end();
+  uint64_t after = b.Commit(20, kT0);
+  ASSERT_EQ(big, (4u << 20) - 200);
+  ASSERT_GT(big_end, 5u << 20);
+
+  // Segments 3, 4 and 5 in order, each handed the one before's continuation, as the index does.
+  std::vector<Parsed> seg(6);
+  for (uint64_t segno : {3u, 4u, 5u}) {
+    seg[segno] = Parse(b.SegmentName(segno), b.Segment(segno), 0, seg[segno - 1].continuation);
+    ASSERT_TRUE(seg[segno].status.ok()) << segno << ": " << seg[segno].status.ToString();
+  }
+  const std::optional<WalContinuation>& c3 = seg[3].continuation;
+  const std::optional<WalContinuation>& c4 = seg[4].continuation;
+  ASSERT_TRUE(c3.has_value() && c4.has_value());
+  EXPECT_EQ(c3->have_len, 200u);
+  EXPECT_EQ(c4->record_lsn, big);
+  // All of segment 4 but its 128 page headers, the first a long one.
+  EXPECT_EQ(c4->have_len, 200u + (1u << 20) - 40 - 127 * 24);
+  EXPECT_EQ(seg[5].summary.first_lsn, big);
+  ASSERT_EQ(seg[5].events.size(), 1u);
+  EXPECT_EQ(seg[5].events[0].lsn, after);
+  EXPECT_EQ(seg[5].events[0].lsn, (big_end + 7) & ~uint64_t{7});
+
+  auto refused = [&](const WalContinuation& c, const std::string& why) {
+    Parsed p = Parse(b.SegmentName(4), b.Segment(4), 0, c);
+    EXPECT_TRUE(p.status.IsCorruption()) << why << ": " << p.status.ToString();
+    EXPECT_NE(p.status.message().find("does not lead here"), std::string::npos)
+        << why << ": " << p.status.ToString();
+    EXPECT_FALSE(p.continuation.has_value()) << why;
+  };
+  for (uint64_t back : {8u, 2144u, 8192u, 1u << 20}) {
+    WalContinuation c = *c3;
+    c.record_lsn -= back;  // more WAL before the segment than the record's bytes explain
+    refused(c, "record_lsn " + std::to_string(back) + " bytes back");
+  }
+  {
+    WalContinuation c = *c3;
+    c.record_lsn += 8;  // less
+    refused(c, "record_lsn 8 bytes on");
+  }
+  {
+    WalContinuation c = *c3;
+    c.record_lsn -= 4;
+    c.have_len += 4;
+    c.total_len += 4;  // xlp_rem_len still matches
+    refused(c, "an unaligned record_lsn");
+  }
+  {
+    // The bytes add up, but the record would start where the last page's header is.
+    WalContinuation c = *c3;
+    c.record_lsn = (4u << 20) - 8192;
+    c.total_len += 8192 - c.have_len;
+    c.have_len = 8192;
+    refused(c, "a record_lsn inside a page header");
+  }
+  {
+    // Across a segment boundary its long header must be counted, not a short one.
+    WalContinuation c = *c4;
+    c.record_lsn += 16;
+    c.have_len -= 16;
+    c.total_len -= 16;
+    Parsed p = Parse(b.SegmentName(5), b.Segment(5), 0, c);
+    EXPECT_TRUE(p.status.IsCorruption()) << p.status.ToString();
+  }
+  {
+    // A record shorter than its own header.
+    WalContinuation c = *c3;
+    c.total_len = 20;
+    c.have_len = 16;
+    refused(c, "total_len 20");
+  }
 }
 
 TEST(WalParserTest, CrcFailureNamesSegmentAndLsn) {
@@ -453,7 +545,7 @@ TEST(WalParserTest, RealPostgres15Segment) {
   std::vector<std::string> expected = {
       "CHECKPOINT_ONLINE lsn 0/900060 end 0/9000D2 tli 1 redo 0/900028 this_tli 1 prev_tli 1 "
       "next_xid 0:724 time 2026-11-22 02:19:45.000000 UTC",
-      "COMMIT lsn 0/929AF0 end 0/92A025 tli 1 xid 724 time 2026-11-22 02:19:46.038306 UTC",
+      "COMMIT lsn 0/929AF0 end 0/92A03D tli 1 xid 724 time 2026-11-22 02:19:46.038306 UTC",
       "COMMIT lsn 0/92A6E0 end 0/92A702 tli 1 xid 725 time 2026-11-22 02:19:46.145358 UTC",
       "COMMIT lsn 0/92AD48 end 0/92AD6A tli 1 xid 726 time 2026-11-22 02:19:46.255287 UTC",
       "COMMIT lsn 0/92B3B0 end 0/92B3D2 tli 1 xid 727 time 2026-11-22 02:19:46.343269 UTC",
@@ -466,6 +558,11 @@ TEST(WalParserTest, RealPostgres15Segment) {
       "SWITCH lsn 0/92BA90 end 0/92BAA8 tli 1",
   };
   EXPECT_EQ(Lines(p.events), expected);
+  // The commit at 0/929AF0 (1333 bytes) runs over the page boundary at 0/92A000, so its end
+  // counts that page's header; pg_waldump shows the next record at its end MAXALIGNed.
+  ASSERT_EQ(p.events[1].lsn, 0x929AF0u);
+  EXPECT_EQ(p.events[1].end_lsn, 0x929AF0u + 1333 + 24);
+  EXPECT_EQ(FormatLsn((p.events[1].end_lsn + 7) & ~uint64_t{7}), "0/92A040");
 }
 
 // A full 16 MiB segment of small and page-sized records parses in well under 100 ms.

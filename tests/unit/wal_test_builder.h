@@ -119,6 +119,8 @@ class WalBuilder {
         pos_(base_) {}
 
   uint64_t pos() const { return pos_; }
+  // Just past the last record's last byte (page headers inside it included, alignment not).
+  uint64_t last_end() const { return last_end_; }
   uint64_t seg_size() const { return seg_size_; }
   uint32_t page_size() const { return page_size_; }
   uint32_t tli() const { return tli_; }
@@ -294,6 +296,7 @@ class WalBuilder {
       Put(std::string_view(rec).substr(written, n));
       written += n;
     }
+    last_end_ = pos_;
     uint64_t aligned = AlignUp(pos_);
     if (aligned != pos_) Put(std::string(aligned - pos_, '\0'));
   }
@@ -304,6 +307,7 @@ class WalBuilder {
   uint64_t sysid_;
   uint64_t base_;
   uint64_t pos_;
+  uint64_t last_end_ = 0;
   uint64_t prev_ = 0;
   uint16_t next_page_flags_ = 0;
   std::string stream_;
