@@ -621,19 +621,18 @@ class RocksStore : public KvStore {
     next_reopen_ = std::chrono::steady_clock::now() + wait;
     reopen_backoff_ = std::min<std::chrono::milliseconds>(
         reopen_backoff_ * 2, std::max<std::chrono::milliseconds>(kMaxReopenBackoff, wait));
-    const Status st = Convert(s, "reopen its database");
+    const std::string failed = "reopening the database failed: " + s.ToString();
     const std::string later = "a write from " + Duration(wait) + " on tries again";
     const std::string reads =
         read_only.ok() ? "reads go on" : "reads fail until then (" + read_only.ToString() + ")";
-    spdlog::error("reopening the repository's database '{}' failed: {}; {}; {}", dir_, st.message(),
-                  later, reads);
-    if (st.code() == Status::Code::kNoSpace) {
-      reopen_error_ = Status::NoSpace("the repository's file system is full (" + st.message() +
+    spdlog::error("repository database '{}': {}; {}; {}", dir_, failed, later, reads);
+    if (Convert(s, "reopen").code() == Status::Code::kNoSpace) {
+      reopen_error_ = Status::NoSpace("the repository's file system is full (" + failed +
                                       "); this write was not stored: free space; " + later);
     } else {
       reopen_error_ = Status::IOError(
           "the repository's database stopped writing after an error and cannot resume (" +
-          reopen_why_ + "); " + st.message() + "; " + later + "; " + reads);
+          reopen_why_ + "); " + failed + "; " + later + "; " + reads);
     }
     return reopen_error_;
   }
