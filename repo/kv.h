@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -54,7 +55,14 @@ class KvBatch {
   size_t bytes_ = 0;
 };
 
-// Iterates one column family in key order. Not thread-safe; one owner.
+// Iterates one column family in key order. Not thread-safe; one owner. It must not outlive its
+// store. key() and value() stay valid until the next Seek or Next, also across a reopen.
+//
+// An iterator is bound to the database instance it was made on. When the RocksDB store reopens
+// its database (after a write error it could not resume from, see OpenRocksDbStore), every open
+// iterator keeps its current entry; its next Seek or Next ends it: Valid() turns false and
+// status() is Busy, naming the reopen. Iterate again to see the reopened database; nothing was
+// lost. A reopen never waits for iterators, so a thread may write while it holds one.
 class KvIterator {
  public:
   virtual ~KvIterator() = default;
@@ -89,19 +97,33 @@ class KvStore {
 
 // Test hook: while `disk_full` is set, every file write of the store fails as on a full disk
 // (ENOSPC), before anything reaches the file. Unit tests use it instead of a real full disk.
+// While `io_error` is set, they fail with EIO instead, as on a failing disk (room is left).
 // `table_append_delay_ms` slows every append to a table file (flushes and compactions) by that
 // much; an append that starts while the disk is full still fails after the delay, and counts in
-// `table_writes_refused` as it starts.
+// `table_writes_refused` as it starts. The disk fills (`disk_full` is set, and the flag cleared)
+// as the store starts its next resume of RocksDB (`fill_disk_at_resume`) or reopen of the
+// database (`fill_disk_at_reopen`), after it found room for that: as when something else takes
+// the space meanwhile. `reopens_tried` counts the store's attempts to reopen its database.
 struct KvFaultInjection {
   std::atomic<bool> disk_full{false};
+  std::atomic<bool> io_error{false};
   std::atomic<int> table_append_delay_ms{0};
   mutable std::atomic<int> table_writes_refused{0};
+  std::atomic<bool> fill_disk_at_resume{false};
+  std::atomic<bool> fill_disk_at_reopen{false};
+  mutable std::atomic<int> reopens_tried{0};
 };
 
 struct KvOptions {
   bool create_if_missing = false;
   size_t block_cache_bytes = 64 << 20;
   KvFaultInjection* faults = nullptr;  // tests only; must outlive the store
+  // How long RocksDB's resume after a write error may take before the store gives up on it and
+  // reopens the database instead. Tests shorten it.
+  std::chrono::milliseconds resume_timeout{std::chrono::seconds(120)};
+  // After a failed reopen, the next write tries again only this much later; the wait doubles
+  // after each failure, up to a minute. Tests shorten it.
+  std::chrono::milliseconds reopen_backoff{std::chrono::seconds(1)};
 };
 
 // Opens (or creates) a RocksDB store in `dir`.
@@ -111,8 +133,15 @@ struct KvOptions {
 // it by itself: before the next Write, Sync or Flush it asks RocksDB to resume (flush what it
 // holds in memory to new files), which succeeds once the cause is gone, e.g. space was freed.
 // Until then those calls fail with NoSpace (full disk) or IOError, naming the first error and
-// what to do; nothing is acknowledged that was not stored. Reads keep working throughout. An
-// error RocksDB cannot resume from (it names it fatal) needs the store to be reopened.
+// what to do; nothing is acknowledged that was not stored. Reads keep working throughout.
+//
+// An error RocksDB cannot resume from (it classes it fatal, or its resume did not finish within
+// `resume_timeout`) makes the store reopen the database in place, as a restart would: same
+// directory, options and file system. RocksDB replays its log at open, so nothing acknowledged
+// is lost. The reopen happens in the write, sync, flush or compaction that finds the error, once
+// there is room; reads wait for it (seconds) and open iterators end (see KvIterator). A reopen
+// that fails is retried by a later write after `reopen_backoff` (doubling); until then writes
+// fail naming its error (NoSpace on a full disk), and reads go to a read-only instance.
 Result<std::unique_ptr<KvStore>> OpenRocksDbStore(const std::string& dir, const KvOptions& options);
 std::unique_ptr<KvStore> NewMemoryStore();
 

@@ -8,6 +8,7 @@
 #include <rocksdb/listener.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/options_util.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
@@ -23,6 +24,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <thread>
 
@@ -60,9 +62,10 @@ Status Convert(const rocksdb::Status& s, const char* what) {
   return Status::IOError(msg);
 }
 
-// KvFaultInjection: a file system whose writes fail with ENOSPC while `disk_full` is set, where
-// a real one does: when data reaches the file (Append; POSIX Flush() only hands over RocksDB's
-// buffer, which Append already did), when blocks are allocated, and at sync.
+// KvFaultInjection: a file system whose writes fail with ENOSPC while `disk_full` is set (EIO
+// while `io_error` is), where a real one does: when data reaches the file (Append; POSIX Flush()
+// only hands over RocksDB's buffer, which Append already did), when blocks are allocated, and at
+// sync.
 class FullDiskFile : public rocksdb::FSWritableFileOwnerWrapper {
  public:
   FullDiskFile(std::unique_ptr<rocksdb::FSWritableFile> file, const KvFaultInjection* faults,
@@ -73,43 +76,54 @@ class FullDiskFile : public rocksdb::FSWritableFileOwnerWrapper {
   using IOStatus = rocksdb::IOStatus;
   using Dbg = rocksdb::IODebugContext;
   IOStatus Append(const rocksdb::Slice& data, const IOOptions& o, Dbg* d) override {
-    return Full() ? NoSpace() : target()->Append(data, o, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->Append(data, o, d) : s;
   }
   IOStatus Append(const rocksdb::Slice& data, const IOOptions& o,
                   const rocksdb::DataVerificationInfo& v, Dbg* d) override {
-    return Full() ? NoSpace() : target()->Append(data, o, v, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->Append(data, o, v, d) : s;
   }
   IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t off, const IOOptions& o,
                             Dbg* d) override {
-    return Full() ? NoSpace() : target()->PositionedAppend(data, off, o, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->PositionedAppend(data, off, o, d) : s;
   }
   IOStatus PositionedAppend(const rocksdb::Slice& data, uint64_t off, const IOOptions& o,
                             const rocksdb::DataVerificationInfo& v, Dbg* d) override {
-    return Full() ? NoSpace() : target()->PositionedAppend(data, off, o, v, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->PositionedAppend(data, off, o, v, d) : s;
   }
   IOStatus Sync(const IOOptions& o, Dbg* d) override {
-    return Full() ? NoSpace() : target()->Sync(o, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->Sync(o, d) : s;
   }
   IOStatus Fsync(const IOOptions& o, Dbg* d) override {
-    return Full() ? NoSpace() : target()->Fsync(o, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->Fsync(o, d) : s;
   }
   IOStatus RangeSync(uint64_t off, uint64_t n, const IOOptions& o, Dbg* d) override {
-    return Full() ? NoSpace() : target()->RangeSync(off, n, o, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->RangeSync(off, n, o, d) : s;
   }
   IOStatus Allocate(uint64_t off, uint64_t n, const IOOptions& o, Dbg* d) override {
-    return Full() ? NoSpace() : target()->Allocate(off, n, o, d);
+    IOStatus s = Refused();
+    return s.ok() ? target()->Allocate(off, n, o, d) : s;
   }
 
  private:
-  // Whether this write fails; a table append that starts on a full disk fails after the delay.
-  bool Full() const {
+  // The error this write fails with (OK: none); a table append that starts on a full disk fails
+  // after the delay.
+  IOStatus Refused() const {
     const bool full = faults_->disk_full.load();
+    const bool io_error = faults_->io_error.load();
     if (full && table_) faults_->table_writes_refused.fetch_add(1);
     const int delay = table_ ? faults_->table_append_delay_ms.load() : 0;
     if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
-    return full;
+    if (full) return IOStatus::NoSpace("injected: No space left on device");
+    if (io_error) return IOStatus::IOError("injected: Input/output error");
+    return IOStatus::OK();
   }
-  static IOStatus NoSpace() { return IOStatus::NoSpace("injected: No space left on device"); }
   const KvFaultInjection* faults_;
   const bool table_;
 };
@@ -189,77 +203,73 @@ class InfoLog : public rocksdb::Logger {
   const int fd_;
 };
 
-// Notes that RocksDB stopped writing (a background error: a failed log write, flush or
-// compaction), so that the store resumes it before the next write; turns RocksDB's own
-// recovery off (that one resumes as soon as the error is set, while the disk is still full, and
-// a resume whose flush fails turns the error fatal: only a reopen clears it then; the store
-// resumes only once there is room for what it has to flush, RocksStore::ResumeIfStopped); and
-// notes when the meta column family's memtable was sealed, so that the next write puts the
-// store's marker into the new one (RocksStore::KeepActiveMemtableNonEmpty).
+class RocksStore;
+
+// Tells the store that RocksDB stopped writing (a background error: a failed log write, flush or
+// compaction), so that it resumes before the next write, and when the meta column family's
+// memtable was sealed, so that the next write puts the store's marker into the new one
+// (RocksStore::KeepActiveMemtableNonEmpty). Turns RocksDB's own recovery off: that one resumes
+// as soon as the error is set, while the disk is still full, so its flush only fails again; the
+// store resumes only once there is room for what it has to flush (RocksStore::ResumeIfStopped).
+// One listener serves every instance the store opens.
 class StoreListener : public rocksdb::EventListener {
  public:
-  StoreListener(std::atomic<bool>* stopped, std::atomic<bool>* log_failed,
-                std::atomic<bool>* marker_needed)
-      : stopped_(stopped), log_failed_(log_failed), marker_needed_(marker_needed) {}
-  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* error) override {
-    if (error->ok()) return;
-    if (reason == rocksdb::BackgroundErrorReason::kWriteCallback ||
-        reason == rocksdb::BackgroundErrorReason::kMemTable) {
-      log_failed_->store(true);  // a write to the log, or the switch to a new one, failed
-    }
-    stopped_->store(true);
-  }
+  explicit StoreListener(RocksStore* store) : store_(store) {}
+  void OnBackgroundError(rocksdb::BackgroundErrorReason reason, rocksdb::Status* error) override;
   void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status,
                             bool* auto_recovery) override {
     *auto_recovery = false;
   }
-  void OnMemTableSealed(const rocksdb::MemTableInfo& info) override {
-    if (info.cf_name == CfName(Cf::kMeta)) marker_needed_->store(true);
-  }
+  void OnMemTableSealed(const rocksdb::MemTableInfo& info) override;
 
  private:
-  std::atomic<bool>* stopped_;
-  std::atomic<bool>* log_failed_;
-  std::atomic<bool>* marker_needed_;
+  RocksStore* const store_;  // owns the listener
 };
 
+// A RocksDB iterator that a reopen can take away (RocksStore::Reopen). It copies the current key
+// out of RocksDB as it moves, and the value when first asked, so that what key() and value()
+// returned stays valid after Detach dropped the RocksDB iterator; the instance closes only once
+// no RocksDB iterator is left on it. Every use of the RocksDB iterator holds the store's instance
+// lock (db_mu_) shared; Detach holds it exclusive.
 class RocksIterator : public KvIterator {
  public:
-  explicit RocksIterator(rocksdb::Iterator* it) : it_(it) {}
-  void Seek(std::string_view key) override { it_->Seek(rocksdb::Slice(key.data(), key.size())); }
-  bool Valid() const override { return it_->Valid(); }
-  void Next() override { it_->Next(); }
-  std::string_view key() const override {
-    rocksdb::Slice k = it_->key();
-    return {k.data(), k.size()};
-  }
-  std::string_view value() const override {
-    rocksdb::Slice v = it_->value();
-    return {v.data(), v.size()};
-  }
-  Status status() const override { return Convert(it_->status(), "iterate"); }
+  // `it` is null when the store has no instance open; `closed` says why.
+  RocksIterator(RocksStore* store, std::unique_ptr<rocksdb::Iterator> it, Status closed)
+      : store_(store), it_(std::move(it)), detached_(std::move(closed)) {}
+  ~RocksIterator() override;
+  void Seek(std::string_view key) override;
+  bool Valid() const override { return valid_; }
+  void Next() override;
+  std::string_view key() const override { return key_; }
+  std::string_view value() const override;
+  Status status() const override;
+  // Instance lock held exclusive: keeps the current entry, drops the RocksDB iterator; the next
+  // Seek or Next ends the iteration with `why`.
+  void Detach(const Status& why);
 
  private:
-  std::unique_ptr<rocksdb::Iterator> it_;
+  void Moved();  // instance lock held shared
+
+  RocksStore* const store_;
+  std::unique_ptr<rocksdb::Iterator> it_;  // null once detached; guarded by db_mu_
+  Status detached_;                        // guarded by db_mu_
+  mutable std::string value_;              // guarded by db_mu_ until value_copied_
+  mutable bool value_copied_ = false;      // guarded by db_mu_
+  bool valid_ = false;                     // set by the owner (Moved), like key_
+  std::string key_;
 };
 
 class RocksStore : public KvStore {
  public:
-  ~RocksStore() override {
-    for (auto* h : handles_) {
-      if (h) db_->DestroyColumnFamilyHandle(h);
-    }
-    if (db_) {
-      db_->Close();
-      delete db_;
-    }
-  }
+  ~RocksStore() override { CloseDb(); }
 
   static Result<std::unique_ptr<KvStore>> Open(const std::string& dir, const KvOptions& options) {
     auto store = std::unique_ptr<RocksStore>(new RocksStore());
     store->dir_ = dir;
     store->faults_ = options.faults;
-    rocksdb::DBOptions db_options;
+    store->resume_timeout_ = options.resume_timeout;
+    store->first_reopen_backoff_ = store->reopen_backoff_ = options.reopen_backoff;
+    rocksdb::DBOptions& db_options = store->db_options_;
     db_options.create_if_missing = options.create_if_missing;
     db_options.create_missing_column_families = true;
     db_options.paranoid_checks = true;
@@ -272,8 +282,7 @@ class RocksStore : public KvStore {
     db_options.max_open_files = 512;
     db_options.skip_stats_update_on_db_open = true;
     db_options.skip_checking_sst_file_sizes_on_db_open = true;
-    db_options.listeners.push_back(std::make_shared<StoreListener>(
-        &store->stopped_, &store->log_failed_, &store->marker_needed_));
+    db_options.listeners.push_back(std::make_shared<StoreListener>(store.get()));
     // The marker (KeepActiveMemtableNonEmpty) is not logged; a flush at close would only turn
     // it into table files. Everything else is in the log.
     db_options.avoid_flush_during_shutdown = true;
@@ -297,7 +306,6 @@ class RocksStore : public KvStore {
       return t;
     };
 
-    std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
     for (int i = 0; i < static_cast<int>(Cf::kCount); ++i) {
       Cf cf = static_cast<Cf>(i);
       rocksdb::ColumnFamilyOptions cfo;
@@ -316,9 +324,9 @@ class RocksStore : public KvStore {
         cfo.compression = rocksdb::kZSTD;
         cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(4 << 10)));
       }
-      cfs.emplace_back(CfName(cf), cfo);
+      store->cfs_.emplace_back(CfName(cf), cfo);
     }
-    rocksdb::Status s = rocksdb::DB::Open(db_options, dir, cfs, &store->handles_, &store->db_);
+    rocksdb::Status s = store->OpenDb(/*read_only=*/false);
     if (!s.ok()) {
       if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
         return Status::Busy("repository database '" + dir + "' is in use by another process");
@@ -329,6 +337,8 @@ class RocksStore : public KvStore {
   }
 
   Status Get(Cf cf, std::string_view key, std::string* value) override {
+    std::shared_lock<std::shared_mutex> db(db_mu_);
+    if (!db_) return closed_;
     rocksdb::PinnableSlice pinned;
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handle(cf),
                                  rocksdb::Slice(key.data(), key.size()), &pinned);
@@ -339,8 +349,8 @@ class RocksStore : public KvStore {
   }
 
   Status Write(const KvBatch& batch, bool sync) override {
-    RETURN_IF_ERROR(ResumeIfStopped());
-    std::shared_lock<std::shared_mutex> io(io_mu_);
+    std::shared_lock<std::shared_mutex> io;
+    RETURN_IF_ERROR(LockForWrite(&io));
     rocksdb::WriteBatch wb;
     for (const auto& op : batch.ops()) {
       rocksdb::Status s =
@@ -354,9 +364,17 @@ class RocksStore : public KvStore {
   }
 
   std::unique_ptr<KvIterator> NewIterator(Cf cf) override {
-    rocksdb::ReadOptions ro;
-    ro.fill_cache = cf != Cf::kChunks;
-    return std::make_unique<RocksIterator>(db_->NewIterator(ro, handle(cf)));
+    std::shared_lock<std::shared_mutex> db(db_mu_);
+    std::unique_ptr<rocksdb::Iterator> it;
+    if (db_) {
+      rocksdb::ReadOptions ro;
+      ro.fill_cache = cf != Cf::kChunks;
+      it.reset(db_->NewIterator(ro, handle(cf)));
+    }
+    auto iterator = std::make_unique<RocksIterator>(this, std::move(it), closed_);
+    std::lock_guard<std::mutex> lock(iterators_mu_);
+    iterators_.insert(iterator.get());
+    return iterator;
   }
 
   // An empty synced write, not DB::SyncWAL(): a write goes through RocksDB's write queue, which
@@ -364,8 +382,8 @@ class RocksStore : public KvStore {
   // failed trips an assertion in Debian's RocksDB (the process aborts) when it races with the
   // failing write. Syncing the log makes every earlier write durable either way.
   Status Sync() override {
-    RETURN_IF_ERROR(ResumeIfStopped());
-    std::shared_lock<std::shared_mutex> io(io_mu_);
+    std::shared_lock<std::shared_mutex> io;
+    RETURN_IF_ERROR(LockForWrite(&io));
     KeepActiveMemtableNonEmpty();
     rocksdb::WriteBatch empty;
     rocksdb::WriteOptions wo;
@@ -374,8 +392,8 @@ class RocksStore : public KvStore {
   }
 
   Status Flush() override {
-    RETURN_IF_ERROR(ResumeIfStopped());
-    std::shared_lock<std::shared_mutex> io(io_mu_);
+    std::shared_lock<std::shared_mutex> io;
+    RETURN_IF_ERROR(LockForWrite(&io));
     rocksdb::FlushOptions fo;
     fo.wait = true;
     RETURN_IF_ERROR(Checked(db_->Flush(fo, handles_), "flush"));
@@ -383,14 +401,16 @@ class RocksStore : public KvStore {
   }
 
   Status Compact(Cf cf) override {
-    RETURN_IF_ERROR(ResumeIfStopped());
-    std::shared_lock<std::shared_mutex> io(io_mu_);
+    std::shared_lock<std::shared_mutex> io;
+    RETURN_IF_ERROR(LockForWrite(&io));
     rocksdb::CompactRangeOptions co;
     co.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
     return Checked(db_->CompactRange(co, handle(cf), nullptr, nullptr), "compact");
   }
 
   uint64_t ApproximateSize(Cf cf) override {
+    std::shared_lock<std::shared_mutex> db(db_mu_);
+    if (!db_) return 0;
     uint64_t live = 0;
     db_->GetIntProperty(handle(cf), "rocksdb.live-sst-files-size", &live);
     uint64_t mem = 0;
@@ -399,8 +419,49 @@ class RocksStore : public KvStore {
   }
 
  private:
+  friend class RocksIterator;
+  friend class StoreListener;
+
   RocksStore() = default;
   rocksdb::ColumnFamilyHandle* handle(Cf cf) { return handles_[static_cast<int>(cf)]; }
+
+  // Opens the instance: the same directory, options (file system, listener, block cache) and
+  // column families every time. Both locks held exclusive, or none (in Open).
+  rocksdb::Status OpenDb(bool read_only) {
+    handles_.clear();
+    rocksdb::Status s = read_only
+                            ? rocksdb::DB::OpenForReadOnly(db_options_, dir_, cfs_, &handles_, &db_)
+                            : rocksdb::DB::Open(db_options_, dir_, cfs_, &handles_, &db_);
+    if (!s.ok()) {
+      db_ = nullptr;
+      handles_.clear();
+    }
+    writable_ = s.ok() && !read_only;
+    return s;
+  }
+
+  // Both locks held exclusive (or in the destructor); no RocksDB iterator is left on the instance.
+  void CloseDb() {
+    for (auto* h : handles_) {
+      if (h) db_->DestroyColumnFamilyHandle(h);
+    }
+    handles_.clear();
+    if (db_) {
+      db_->Close();  // its error (the one that stopped writing) is known already
+      delete db_;
+      db_ = nullptr;
+    }
+    writable_ = false;
+  }
+
+  // Resumes (or reopens) a stopped database first; returns with `io` holding io_mu_ shared over
+  // a writable instance.
+  Status LockForWrite(std::shared_lock<std::shared_mutex>* io) {
+    RETURN_IF_ERROR(ResumeIfStopped());
+    *io = std::shared_lock<std::shared_mutex>(io_mu_);
+    if (writable_) return Status::OK();
+    return reopen_error_;  // another writer's reopen failed meanwhile
+  }
 
   // A failed write may have stopped RocksDB: the next write resumes it first.
   Status Checked(const rocksdb::Status& s, const char* what) {
@@ -412,28 +473,43 @@ class RocksStore : public KvStore {
                            "); this write was not stored: free space and retry");
   }
 
-  // RocksDB refuses writes after a write error until DB::Resume() succeeds: it flushes the
-  // memtables to new files and switches to a new log. It is tried only when the file system has
-  // room for the memtables plus kResumeHeadroom (a resume that fails for lack of space would make
-  // the error fatal). Serialized; Busy while a flush is still running: wait for it.
+  // RocksDB refuses writes after a write error until DB::Resume() succeeds (TryResume), or until
+  // the database is reopened (Reopen) when that cannot work. Either is tried only when the file
+  // system has room for the memtables plus kResumeHeadroom (a resume flushes them; a reopen
+  // writes them out again as it replays the log). Serialized, and no write runs meanwhile.
   static constexpr uint64_t kResumeHeadroom = 32 << 20;
-  // How long a resume waits for background jobs that were running when writing stopped, and how
-  // long Resume() itself may take before the store gives up on it (see ResumeWithDeadline).
+  // How long a resume waits for background jobs that were running when writing stopped.
   static constexpr auto kDrainTimeout = std::chrono::seconds(60);
-  static constexpr auto kResumeTimeout = std::chrono::seconds(120);
+  // The longest wait between two failed reopens.
+  static constexpr auto kMaxReopenBackoff = std::chrono::minutes(1);
 
   Status ResumeIfStopped() {
     if (!stopped_.load()) return Status::OK();
-    std::unique_lock<std::shared_mutex> lock(io_mu_);  // no write runs meanwhile
+    std::unique_lock<std::shared_mutex> lock(io_mu_);
     if (!stopped_.load()) return Status::OK();
-    if (!wedged_.empty()) return CannotResume(wedged_);
-    const uint64_t need = MemtableBytes() + kResumeHeadroom;
+    const uint64_t need = (db_ ? MemtableBytes() : 0) + kResumeHeadroom;
     const uint64_t free = FreeBytes();
     if (free < need) {
       return Status::NoSpace("the repository's file system is full (" + MiB(free) + " free, " +
                              MiB(need) +
                              " needed to resume); nothing is stored until space is freed, then "
                              "writing resumes on its own");
+    }
+    if (reopen_why_.empty()) {
+      Status s = TryResume();
+      // A resume that ran out of space is tried again by a later write once there is room (or
+      // a reopen, if RocksDB now names the error fatal).
+      if (s.ok() || reopen_why_.empty() || s.code() == Status::Code::kNoSpace) return s;
+    }
+    return Reopen();
+  }
+
+  // DB::Resume(). Notes in reopen_why_ when the error cannot be resumed from.
+  Status TryResume() {
+    if (unrecoverable_.load()) {
+      std::lock_guard<std::mutex> lock(fatal_mu_);
+      reopen_why_ = "RocksDB classes its error as unrecoverable: " + fatal_error_;
+      return Status::IOError(reopen_why_);
     }
     // A flush or compaction that is still running when Resume() starts may fail while Resume()
     // waits for it (it began while the disk was full). Its error then lands as the resume's own
@@ -446,17 +522,19 @@ class RocksStore : public KvStore {
           "this write was not stored: retry");
     }
     if (log_failed_.load() && ActiveMemtablesEmpty()) {
-      return CannotResume(
+      reopen_why_ =
           "a write to its log failed while no column family held unflushed writes, so resuming "
-          "would keep that log");
+          "would keep that log";
+      return Status::IOError(reopen_why_);
     }
+    if (faults_ && faults_->fill_disk_at_resume.exchange(false)) faults_->disk_full.store(true);
     rocksdb::Status s;
     for (int attempt = 0; attempt < 100; ++attempt) {
       s = ResumeWithDeadline();
       if (!s.IsBusy()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (!wedged_.empty()) return CannotResume(wedged_);
+    if (!reopen_why_.empty()) return Status::IOError(reopen_why_);
     if (s.ok()) {
       stopped_.store(false);
       log_failed_.store(false);
@@ -464,17 +542,112 @@ class RocksStore : public KvStore {
       return Status::OK();
     }
     Status st = Convert(s, "resume writing after an earlier write error");
-    if (st.code() == Status::Code::kNoSpace) {
-      return Status::NoSpace("the repository's file system is full (" + st.message() +
-                             "); free space and retry");
+    if (s.severity() >= rocksdb::Status::Severity::kFatalError || unrecoverable_.load() ||
+        st.code() != Status::Code::kNoSpace) {
+      reopen_why_ = st.message();
     }
-    return CannotResume(st.message());
+    if (st.code() != Status::Code::kNoSpace) return st;
+    return Status::NoSpace("the repository's file system is full (" + st.message() +
+                           "); free space and retry");
   }
 
-  static Status CannotResume(const std::string& why) {
-    return Status::IOError(
-        "the repository's database stopped writing after an error and cannot resume (" + why +
-        "); reopen the repository (remount) once fixed");
+  // DB::Resume(), given up on after resume_timeout_: RocksDB 7.8 can wait forever for a flush
+  // that a failed earlier resume abandoned. Cancelling the background work ends that wait; the
+  // store then reopens the database (reopen_why_) instead of blocking every writer for good.
+  rocksdb::Status ResumeWithDeadline() {
+    auto done = std::make_shared<std::promise<rocksdb::Status>>();
+    std::future<rocksdb::Status> result = done->get_future();
+    rocksdb::DB* db = db_;
+    std::thread resume([db, done] { done->set_value(db->Resume()); });
+    if (result.wait_for(resume_timeout_) != std::future_status::ready) {
+      rocksdb::CancelAllBackgroundWork(db_, /*wait=*/false);
+      reopen_why_ = "Resume() did not finish within " + Duration(resume_timeout_) +
+                    ": a flush it waits for did not end; background work was cancelled";
+    }
+    resume.join();
+    return result.get();
+  }
+
+  // Closes the database and opens it again in place, as a restart would: the same directory,
+  // options, column families and file system; RocksDB replays its log at open, so nothing
+  // acknowledged is lost, and a batch is in the log whole or not at all. io_mu_ is held
+  // exclusive (no write runs); db_mu_ is taken exclusive for the swap (no read runs, and no
+  // RocksDB iterator: open ones are detached first, so the instance closes under none of them).
+  // If the read-write open fails, a read-only instance serves reads until a later write, at
+  // least reopen_backoff_ later, tries again.
+  Status Reopen() {
+    if (std::chrono::steady_clock::now() < next_reopen_) return reopen_error_;
+    if (faults_) {
+      faults_->reopens_tried.fetch_add(1);
+      if (faults_->fill_disk_at_reopen.exchange(false)) faults_->disk_full.store(true);
+    }
+    spdlog::warn(
+        "reopening the repository's database '{}': it stopped writing after an error and cannot "
+        "resume ({})",
+        dir_, reopen_why_);
+    rocksdb::Status s, read_only;
+    {
+      std::unique_lock<std::shared_mutex> db(db_mu_);
+      {
+        const Status ended = Status::Busy(
+            "the repository's database was reopened during this iteration, after a write error; "
+            "nothing was lost: iterate again");
+        std::lock_guard<std::mutex> lock(iterators_mu_);
+        for (RocksIterator* it : iterators_) it->Detach(ended);
+      }
+      CloseDb();
+      stopped_.store(false);  // the new instance's errors set these again
+      log_failed_.store(false);
+      unrecoverable_.store(false);
+      marker_needed_.store(true);
+      s = OpenDb(/*read_only=*/false);
+      if (!s.ok()) read_only = OpenDb(/*read_only=*/true);
+      closed_ = read_only.ok() ? Status::OK()
+                               : Status::IOError(
+                                     "the repository's database is closed: reopening it after a "
+                                     "write error failed (" +
+                                     s.ToString() + "); a later write tries again");
+    }
+    if (s.ok()) {
+      spdlog::warn("reopened the repository's database '{}': writing resumes", dir_);
+      reopen_why_.clear();
+      reopen_error_ = Status::OK();
+      reopen_backoff_ = first_reopen_backoff_;
+      next_reopen_ = {};
+      return Status::OK();
+    }
+    stopped_.store(true);
+    const auto wait = reopen_backoff_;
+    next_reopen_ = std::chrono::steady_clock::now() + wait;
+    reopen_backoff_ = std::min<std::chrono::milliseconds>(
+        reopen_backoff_ * 2, std::max<std::chrono::milliseconds>(kMaxReopenBackoff, wait));
+    const std::string failed = "reopening the database failed: " + s.ToString();
+    const std::string later = "a write from " + Duration(wait) + " on tries again";
+    const std::string reads =
+        read_only.ok() ? "reads go on" : "reads fail until then (" + read_only.ToString() + ")";
+    spdlog::error("repository database '{}': {}; {}; {}", dir_, failed, later, reads);
+    if (Convert(s, "reopen").code() == Status::Code::kNoSpace) {
+      reopen_error_ = Status::NoSpace("the repository's file system is full (" + failed +
+                                      "); this write was not stored: free space; " + later);
+    } else {
+      reopen_error_ = Status::IOError(
+          "the repository's database stopped writing after an error and cannot resume (" +
+          reopen_why_ + "); " + failed + "; " + later + "; " + reads);
+    }
+    return reopen_error_;
+  }
+
+  void NoteBackgroundError(rocksdb::BackgroundErrorReason reason, const rocksdb::Status& error) {
+    if (reason == rocksdb::BackgroundErrorReason::kWriteCallback ||
+        reason == rocksdb::BackgroundErrorReason::kMemTable) {
+      log_failed_.store(true);  // a write to the log, or the switch to a new one, failed
+    }
+    if (error.severity() >= rocksdb::Status::Severity::kFatalError) {
+      std::lock_guard<std::mutex> lock(fatal_mu_);
+      fatal_error_ = error.ToString();
+      unrecoverable_.store(true);
+    }
+    stopped_.store(true);
   }
 
   // RocksDB 7.8's Flush(wait) can return before the flush job ran. A flush job that runs only
@@ -516,24 +689,6 @@ class RocksStore : public KvStore {
     return true;
   }
 
-  // DB::Resume(), given up on after kResumeTimeout: RocksDB 7.8 can wait forever for a flush
-  // that a failed earlier resume abandoned. Cancelling the background work ends that wait; the
-  // database then stays open for reads, and the store refuses writes until it is reopened
-  // (wedged_), instead of blocking every writer for good.
-  rocksdb::Status ResumeWithDeadline() {
-    auto done = std::make_shared<std::promise<rocksdb::Status>>();
-    std::future<rocksdb::Status> result = done->get_future();
-    rocksdb::DB* db = db_;
-    std::thread resume([db, done] { done->set_value(db->Resume()); });
-    if (result.wait_for(kResumeTimeout) != std::future_status::ready) {
-      rocksdb::CancelAllBackgroundWork(db_, /*wait=*/false);
-      wedged_ = "Resume() did not finish within " + std::to_string(kResumeTimeout.count()) +
-                " s: a flush it waits for never ran; background work was cancelled";
-    }
-    resume.join();
-    return result.get();
-  }
-
   // After a failed write to its log, RocksDB must switch to a new log before the next append
   // (another append to the failed one trips an assertion in Debian's RocksDB: the process
   // aborts). Resume() switches logs only when a column family's active memtable holds
@@ -541,7 +696,7 @@ class RocksStore : public KvStore {
   // at all times: an unlogged put and delete of a marker key in the meta column family (no
   // trace in any table: the delete hides the put), written again after every seal of that
   // memtable, before the next write. A write that seals the memtable and then fails its own log
-  // append leaves it empty: that rare case cannot resume without a reopen (ActiveMemtablesEmpty).
+  // append leaves it empty: that rare case is not resumed but reopened (ActiveMemtablesEmpty).
   void KeepActiveMemtableNonEmpty() {
     if (!marker_needed_.exchange(false)) return;
     static constexpr char kKey[] = "\xffkv-marker";
@@ -579,20 +734,116 @@ class RocksStore : public KvStore {
   }
 
   static std::string MiB(uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+  static std::string Duration(std::chrono::milliseconds d) {
+    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+    return std::to_string(d.count()) + " ms";
+  }
 
+  // Set once in Open.
   std::string dir_;
-  const KvFaultInjection* faults_ = nullptr;
-  rocksdb::DB* db_ = nullptr;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
-  std::unique_ptr<rocksdb::Env> env_;  // KvFaultInjection only; outlives db_
-  std::atomic<bool> stopped_{false};
-  std::atomic<bool> marker_needed_{true};  // KeepActiveMemtableNonEmpty
-  std::atomic<bool> log_failed_{false};    // since the last resume, a log write failed
-  // Set once a resume had to be abandoned: writes are refused until the store is reopened.
-  std::string wedged_;  // guarded by io_mu_ (exclusive)
-  // Shared by every write, sync, flush and compaction; exclusive while resuming.
+  KvFaultInjection* faults_ = nullptr;
+  std::unique_ptr<rocksdb::Env> env_;  // KvFaultInjection only; outlives every instance
+  rocksdb::DBOptions db_options_;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs_;
+  std::chrono::milliseconds resume_timeout_{0};
+  std::chrono::milliseconds first_reopen_backoff_{0};
+
+  // Lock order: io_mu_, then db_mu_, then iterators_mu_.
+  //
+  // Shared by every write, sync, flush and compaction; exclusive while resuming or reopening.
   std::shared_mutex io_mu_;
+  // The instance: shared by every read (Get, iterators, sizes); exclusive only while a reopen
+  // swaps the instance, under io_mu_ exclusive. So holding either lock, shared or exclusive,
+  // keeps db_ and handles_ as they are.
+  std::shared_mutex db_mu_;
+  rocksdb::DB* db_ = nullptr;                          // null after a failed reopen
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // db_'s
+  bool writable_ = false;  // db_ opened read-write (not the read-only fallback)
+  Status closed_;          // why db_ is null
+  // Every RocksIterator alive, so that a reopen can detach them.
+  std::mutex iterators_mu_;
+  std::set<RocksIterator*> iterators_;  // guarded by iterators_mu_ and db_mu_ (any mode)
+
+  std::atomic<bool> stopped_{false};
+  std::atomic<bool> marker_needed_{true};   // KeepActiveMemtableNonEmpty
+  std::atomic<bool> log_failed_{false};     // since the last resume, a log write failed
+  std::atomic<bool> unrecoverable_{false};  // since the last reopen, RocksDB named an error fatal
+  std::mutex fatal_mu_;
+  std::string fatal_error_;  // guarded by fatal_mu_
+
+  // Guarded by io_mu_ (exclusive to change; shared to read).
+  std::string reopen_why_;  // set once the error cannot be resumed from: the store reopens
+  Status reopen_error_;     // the last reopen's failure; OK after a successful one
+  std::chrono::milliseconds reopen_backoff_{0};
+  std::chrono::steady_clock::time_point next_reopen_;
 };
+
+void StoreListener::OnBackgroundError(rocksdb::BackgroundErrorReason reason,
+                                      rocksdb::Status* error) {
+  if (!error->ok()) store_->NoteBackgroundError(reason, *error);
+}
+
+void StoreListener::OnMemTableSealed(const rocksdb::MemTableInfo& info) {
+  if (info.cf_name == CfName(Cf::kMeta)) store_->marker_needed_.store(true);
+}
+
+RocksIterator::~RocksIterator() {
+  std::shared_lock<std::shared_mutex> db(store_->db_mu_);
+  it_.reset();
+  std::lock_guard<std::mutex> lock(store_->iterators_mu_);
+  store_->iterators_.erase(this);
+}
+
+void RocksIterator::Seek(std::string_view key) {
+  std::shared_lock<std::shared_mutex> db(store_->db_mu_);
+  if (it_) it_->Seek(rocksdb::Slice(key.data(), key.size()));
+  Moved();
+}
+
+void RocksIterator::Next() {
+  std::shared_lock<std::shared_mutex> db(store_->db_mu_);
+  if (it_) it_->Next();
+  Moved();
+}
+
+void RocksIterator::Moved() {
+  valid_ = it_ && it_->Valid();
+  if (valid_) {
+    rocksdb::Slice k = it_->key();
+    key_.assign(k.data(), k.size());
+  } else {
+    key_.clear();
+  }
+  value_.clear();
+  value_copied_ = false;
+}
+
+std::string_view RocksIterator::value() const {
+  std::shared_lock<std::shared_mutex> db(store_->db_mu_);
+  if (!value_copied_ && it_ && valid_) {
+    rocksdb::Slice v = it_->value();
+    value_.assign(v.data(), v.size());
+    value_copied_ = true;
+  }
+  return value_;
+}
+
+Status RocksIterator::status() const {
+  std::shared_lock<std::shared_mutex> db(store_->db_mu_);
+  if (!it_) return valid_ ? Status::OK() : detached_;  // ended only at the next Seek or Next
+  return Convert(it_->status(), "iterate");
+}
+
+void RocksIterator::Detach(const Status& why) {
+  if (!it_) return;
+  if (!value_copied_ && valid_) {
+    rocksdb::Slice v = it_->value();
+    value_.assign(v.data(), v.size());
+    value_copied_ = true;
+  }
+  it_.reset();
+  detached_ = why;
+}
 
 }  // namespace
 
