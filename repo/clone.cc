@@ -720,58 +720,25 @@ Status CloneFs::Read(CloneIno ino, uint64_t offset, size_t len, std::string* out
   if (inode.type == EntryType::kDirectory) return Status::IsADirectory("cannot read a directory");
   if (offset >= inode.size) return Status::OK();
   uint64_t end = std::min<uint64_t>(inode.size, offset + len);
-  if (end - offset >= TreeReader::kDirectReadBytes) return ReadLarge(inode, offset, end, out);
-  uint64_t first = offset / chunk_size_;
-  uint64_t last = (end - 1) / chunk_size_;
-  TreeReader base(repo_->chunks(), inode.base, chunk_size_);
-  // Overrides of a file are adjacent keys: one iterator walks those of the whole range, reading
-  // the store sequentially, instead of one lookup per chunk.
-  std::unique_ptr<KvIterator> it;
-  std::string prefix;
-  if (inode.has_overrides() && last > first) {
-    prefix = ChunkPrefix(ino);
-    it = repo_->kv()->NewIterator(Cf::kOverlay);
-    it->Seek(ChunkKey(ino, first));
-  }
+  const uint64_t index = offset / chunk_size_;
+  if ((end - 1) / chunk_size_ != index) return ReadRange(inode, offset, end, out);
+  // One chunk (a page postgres reads): through the chunk cache.
   std::string chunk;
-  while (offset < end) {
-    uint64_t index = offset / chunk_size_;
-    size_t in_chunk = offset % chunk_size_;
-    size_t n = static_cast<size_t>(std::min<uint64_t>(end - offset, chunk_size_ - in_chunk));
-    if (it) {
-      while (it->Valid() && it->key().substr(0, prefix.size()) == prefix &&
-             GetBig64(it->key().substr(prefix.size())) < index) {
-        it->Next();
-      }
-      RETURN_IF_ERROR(it->status());
-      if (it->Valid() && it->key().substr(0, prefix.size()) == prefix &&
-          GetBig64(it->key().substr(prefix.size())) == index) {
-        ChunkId id;
-        RETURN_IF_ERROR(DecodeOverride(it->value(), &id, &chunk));
-      } else {
-        RETURN_IF_ERROR(ReadBaseChunk(inode, &base, index, &chunk));
-      }
-    } else if (inode.has_overrides()) {
-      RETURN_IF_ERROR(ReadChunk(inode, index, &chunk));
-    } else {
-      RETURN_IF_ERROR(ReadBaseChunk(inode, &base, index, &chunk));
-    }
-    out->append(chunk, in_chunk, n);
-    offset += n;
-  }
+  RETURN_IF_ERROR(ReadChunk(inode, index, &chunk));
+  out->append(chunk, offset % chunk_size_, end - offset);
   return Status::OK();
 }
 
-// A large read is a sequential scan's readahead (the kernel sends up to 1 MiB). As
-// TreeReader::ReadDirect does for snapshots, its base leaves are looked up in one walk and its
-// chunks, overrides and base alike, are decoded in parallel straight into `out`, past the chunk
-// cache: the kernel's page cache keeps what it returns, and one chunk at a time on the FUSE
-// thread made a cold scan of a clone CPU-bound at a quarter of what the store can decode.
-Status CloneFs::ReadLarge(const Inode& inode, uint64_t offset, uint64_t end, std::string* out) {
+// A read across chunks is mostly a sequential scan's readahead (the kernel sends up to 1 MiB). As
+// TreeReader::ReadDirect does for snapshots, its base leaves are looked up in one walk, its
+// overrides read with one iterator (they are adjacent keys), and its chunks, overrides and base
+// alike, decoded in parallel straight into `out`, past the chunk cache: the kernel's page cache
+// keeps what it returns, and one chunk at a time on the FUSE thread made a cold scan of a clone
+// CPU-bound at a quarter of what the store can decode.
+Status CloneFs::ReadRange(const Inode& inode, uint64_t offset, uint64_t end, std::string* out) {
   const uint64_t first = offset / chunk_size_;
   const uint64_t last = (end - 1) / chunk_size_;
   const size_t count = static_cast<size_t>(last - first + 1);
-  // The overrides of the range are adjacent keys: one iterator, values copied out of it.
   std::vector<std::string> overrides(count);
   std::vector<char> overridden(count, 0);
   if (inode.has_overrides()) {

@@ -141,8 +141,8 @@ class CloneFs {
   Status DecodeOverride(std::string_view value, ChunkId* id, std::string* out);  // checks the hash
   Status ReadBaseChunk(const Inode& inode, TreeReader* base, uint64_t index, std::string* out);
   Status ReadChunk(const Inode& inode, uint64_t index, std::string* out);  // full chunk_size
-  // A read of at least TreeReader::kDirectReadBytes: [offset, end) appended to `out`.
-  Status ReadLarge(const Inode& inode, uint64_t offset, uint64_t end, std::string* out);
+  // A read across more than one chunk: [offset, end) appended to `out`.
+  Status ReadRange(const Inode& inode, uint64_t offset, uint64_t end, std::string* out);
   Status Truncate(Inode* inode, uint64_t size, KvBatch* batch);
   Result<bool> DirIsEmpty(CloneIno dir);
   Status SealDir(const Inode& dir, const std::string& path, SnapshotBuilder* builder);

@@ -105,9 +105,9 @@ TEST_P(CloneTest, ExtendTruncateAndRegrow) {
   EXPECT_EQ(ReadPath(fs_.get(), "base/1/big"), expect);
 }
 
-// Reads of 64 KiB and more decode their chunks in parallel (CloneFs::ReadLarge), smaller ones one
-// chunk at a time: both must give the same bytes over overrides, a truncation inside a chunk, a
-// regrown tail, a hole and the base's short last leaf.
+// Reads across chunks decode their chunks in parallel (CloneFs::ReadRange), reads within one
+// chunk go through the chunk cache: both must give the same bytes over overrides, a truncation
+// inside a chunk, a regrown tail, a hole and the base's short last leaf.
 TEST_P(CloneTest, LargeAndSmallReadsAgree) {
   auto attr = fs_->LookupPath("base/1/big");
   ASSERT_TRUE(attr.ok());
