@@ -840,9 +840,14 @@ Status CloneFs::Write(CloneIno ino, uint64_t offset, std::string_view data) {
   // are read back in file order, and an overwrite replaces the old bytes instead of leaving a
   // garbage chunk behind. Seal() moves them into the chunk store.
   std::vector<std::string> values(chunks.size());
-  repo_->chunks()->ParallelFor(chunks.size(), [&](size_t i) {
-    values[i] = EncodeOverride(ComputeChunkId(chunks[i]), chunks[i]);
-  });
+  auto encode = [&](size_t i) { values[i] = EncodeOverride(ComputeChunkId(chunks[i]), chunks[i]); };
+  // A page or a few (most writes: postgres's WAL and buffer writes) cost less to encode here than
+  // to hand to the pool's threads.
+  if (chunks.size() < kParallelWriteChunks) {
+    for (size_t i = 0; i < chunks.size(); ++i) encode(i);
+  } else {
+    repo_->chunks()->ParallelFor(chunks.size(), encode);
+  }
   KvBatch batch;
   for (size_t i = 0; i < chunks.size(); ++i) {
     batch.Put(Cf::kOverlay, ChunkKey(inode.ino, indexes[i]), values[i]);

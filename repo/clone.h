@@ -151,6 +151,7 @@ class CloneFs {
   std::mutex& InodeLock(CloneIno ino) { return inode_locks_[ino % kLockStripes]; }
 
   static constexpr int kLockStripes = 64;
+  static constexpr size_t kParallelWriteChunks = 8;  // a write of fewer chunks encodes inline
   Repository* repo_;
   CloneInfo info_;
   size_t chunk_size_;

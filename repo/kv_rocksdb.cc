@@ -29,6 +29,7 @@
 #include <thread>
 
 #include "repo/kv.h"
+#include "repo/rocks_log_fs.h"
 
 namespace pgbackfs {
 
@@ -288,11 +289,10 @@ class RocksStore : public KvStore {
     db_options.avoid_flush_during_shutdown = true;
     if (options.create_if_missing) mkdir(dir.c_str(), 0700);  // for the log; exists is fine
     db_options.info_log = InfoLog::Open(dir);
-    if (options.faults) {
-      store->env_ = rocksdb::NewCompositeEnv(
-          std::make_shared<FullDiskFs>(rocksdb::FileSystem::Default(), options.faults));
-      db_options.env = store->env_.get();
-    }
+    std::shared_ptr<rocksdb::FileSystem> fs = rocksdb::FileSystem::Default();
+    if (options.faults) fs = std::make_shared<FullDiskFs>(fs, options.faults);
+    store->env_ = rocksdb::NewCompositeEnv(NewZeroAheadLogFs(fs));
+    db_options.env = store->env_.get();
 
     auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
     auto table_options = [&](size_t block_size) {
@@ -742,7 +742,7 @@ class RocksStore : public KvStore {
   // Set once in Open.
   std::string dir_;
   KvFaultInjection* faults_ = nullptr;
-  std::unique_ptr<rocksdb::Env> env_;  // KvFaultInjection only; outlives every instance
+  std::unique_ptr<rocksdb::Env> env_;  // its file systems outlive every instance
   rocksdb::DBOptions db_options_;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs_;
   std::chrono::milliseconds resume_timeout_{0};
