@@ -22,10 +22,12 @@
 #      from disk), then once more right after (warm). A copy pgBackRest has just written sits in
 #      the page cache, so without the restart and drop it would be compared warm against a cold
 #      clone.
-#   3. cold sequential scans of pgbench_accounts on each: restart, drop caches, count(*) twice
-#      (the first one also sets the hint bits of the rows pgbench changed, which with data
-#      checksums writes a full-page image to WAL for each such page; the second reads the page
-#      cache); then CHECKPOINT, restart, drop caches, and a clean cold count(*) that only reads.
+#   3. cold scans of pgbench_accounts on each: restart, drop caches, count(*) twice (the first
+#      one also sets the hint bits of the rows pgbench changed, which with data checksums writes
+#      a full-page image to WAL for each such page; the second reads the page cache); then
+#      CHECKPOINT, restart, drop caches, and a clean cold count(*) that only reads (the planner
+#      makes it a parallel index-only scan with heap fetches of the changed pages); then restart,
+#      drop caches, and a cold sequential scan of the table (index scans turned off).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/tools/bench/lib.sh"
@@ -78,9 +80,15 @@ tps() {
     sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 # scan DIR LOG PORT: restart (empty shared_buffers), drop caches, two timed count(*); then
-# checkpoint, restart, drop caches, and a third one that finds every hint bit set.
+# checkpoint, restart, drop caches, and a third one that finds every hint bit set; then restart,
+# drop caches, and a sequential scan of the whole table. The planner answers count(*) with a
+# parallel index-only scan of the primary key, which also fetches the heap pages the visibility
+# map does not mark all-visible (the rows pgbench changed, at the end of the table) one 8 kB page
+# at a time; the sequential scan reads the heap in order, as a full table scan does.
+SEQSCAN="SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off;
+  SELECT sum(abalance) FROM pgbench_accounts"
 scan() {
-  local a b c d
+  local a b c d e
   restart_cold "$1" "$2"
   a=$(bench_now)
   pg_psql "$3" "SELECT count(*) FROM pgbench_accounts" >/dev/null
@@ -91,7 +99,11 @@ scan() {
   restart_cold "$1" "$2"
   d=$(bench_now)
   pg_psql "$3" "SELECT count(*) FROM pgbench_accounts" >/dev/null
-  python3 -c "print(f'{$b - $a:.3f} {$c - $b:.3f} {$(bench_now) - $d:.3f}')"
+  d=$(python3 -c "print(f'{$(bench_now) - $d:.3f}')")
+  restart_cold "$1" "$2"
+  e=$(bench_now)
+  pg_psql "$3" "$SEQSCAN" >/dev/null
+  python3 -c "print(f'{$b - $a:.3f} {$c - $b:.3f} {$d} {$(bench_now) - $e:.3f}')"
 }
 restart_cold() {
   pg_stop "$1"
@@ -202,10 +214,11 @@ EOF
   put "s$SCALE.tpswarm.clone" "$(tps "$CPORT")"
   put "s$SCALE.tpswarm.local" "$(tps "$LPORT")"
   bench_log "scale $SCALE: cold sequential scans"
-  read -r c1 c2 c3 < <(scan "$MNT/clones/c$SCALE" "$S/clone.log" "$CPORT")
-  read -r l1 l2 l3 < <(scan "$S/local" "$S/local.log" "$LPORT")
+  read -r c1 c2 c3 c4 < <(scan "$MNT/clones/c$SCALE" "$S/clone.log" "$CPORT")
+  read -r l1 l2 l3 l4 < <(scan "$S/local" "$S/local.log" "$LPORT")
   put "s$SCALE.scan1.clone" "$c1"; put "s$SCALE.scan2.clone" "$c2"; put "s$SCALE.scan3.clone" "$c3"
   put "s$SCALE.scan1.local" "$l1"; put "s$SCALE.scan2.local" "$l2"; put "s$SCALE.scan3.local" "$l3"
+  put "s$SCALE.seqscan.clone" "$c4"; put "s$SCALE.seqscan.local" "$l4"
   pg_stop "$MNT/clones/c$SCALE"
   pg_stop "$S/local"
   "$PGBACKFS" umount "$MNT"
@@ -217,11 +230,11 @@ echo "== clone benchmark: pgbench scales $SCALES + ${TEXT_PER_SCALE} MB of md5 t
 echo "$("$PGBACKFS" --version 2>/dev/null | head -1) (source $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)), $(pgbackrest version)," \
   "PostgreSQL $(as_pg "$PGBIN/postgres" --version | awk '{print $3}'), $(nproc) cores"
 echo "load average at the start: $LOAD0, at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "RTO cells: median ±spread over $RUNS run(s), seconds, cold caches"
+echo "RTO cells: median ±spread over $RUNS run(s), seconds, cold caches; scan cells: clone speed / local speed"
 echo
-printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-20s %-18s\n' scale "db MiB" "RTO clone (s)" \
+printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-12s %-14s %-14s\n' scale "db MiB" "RTO clone (s)" \
   "RTO pgBackRest+start (s)" "ratio" "TPS clone/local cold" "TPS clone/local warm" \
-  "hint scan speed c/l" "cold scan speed c/l"
+  "hint count" "cold count(*)" "cold seq scan"
 first=
 for SCALE in $SCALES; do
   ratio=$(python3 -c "print(f'{$(med s$SCALE.rto.clone) / $(med s$SCALE.rto.local):.3f}')")
@@ -229,8 +242,9 @@ for SCALE in $SCALES; do
   tpsw="$(med s$SCALE.tpswarm.clone)/$(med s$SCALE.tpswarm.local)=$(python3 -c "print(f'{$(med s$SCALE.tpswarm.clone) / $(med s$SCALE.tpswarm.local):.2f}')")"
   scanr=$(python3 -c "print(f'{$(med s$SCALE.scan1.local) / $(med s$SCALE.scan1.clone):.2f}')")
   scan3r=$(python3 -c "print(f'{$(med s$SCALE.scan3.local) / $(med s$SCALE.scan3.clone):.2f}')")
-  printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-20s %-18s\n' "$SCALE" "$(python3 -c "print(round($(med s$SCALE.dbsize) / 1048576))")" \
-    "$(cell s$SCALE.rto.clone)" "$(cell s$SCALE.rto.local)" "$ratio" "$tpsr" "$tpsw" "$scanr" "$scan3r"
+  seqr=$(python3 -c "print(f'{$(med s$SCALE.seqscan.local) / $(med s$SCALE.seqscan.clone):.2f}')")
+  printf '%-7s %-9s %-18s %-26s %-9s %-22s %-22s %-12s %-14s %-14s\n' "$SCALE" "$(python3 -c "print(round($(med s$SCALE.dbsize) / 1048576))")" \
+    "$(cell s$SCALE.rto.clone)" "$(cell s$SCALE.rto.local)" "$ratio" "$tpsr" "$tpsw" "$scanr" "$scan3r" "$seqr"
   [ -z "$first" ] && first=$SCALE
 done
 for SCALE in $SCALES; do
