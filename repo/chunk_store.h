@@ -132,7 +132,7 @@ class ChunkStore {
   // The same on a wider pool (kReadThreads), for reads: most of a cold read's time is waiting
   // for the disk, and more reads in flight keep it busy.
   void ParallelRead(size_t n, const std::function<void(size_t)>& fn);
-  static constexpr int kReadThreads = 8;
+  static constexpr int kReadThreads = 16;
 
   KvStore* kv() { return kv_; }
   int zstd_level() const { return zstd_level_; }

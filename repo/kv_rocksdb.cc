@@ -305,6 +305,21 @@ class RocksStore : public KvStore {
       t.format_version = 5;
       return t;
     };
+    // Chunk and override lookups are point reads of keys in no useful order (hashes; pages of
+    // files read at random): each reads one block from disk when cold, so a block holds about
+    // one value (8 KiB chunks, compressed), not four: random 8 KiB reads on this project's disks
+    // run at 40-50k/s against 23-27k/s for 32 KiB ones. With blocks this small the index is
+    // about 3 MB per GiB of values; partitioned (top level pinned, partitions in the block
+    // cache with priority) it does not have to fit in memory as a whole.
+    auto point_lookup_options = [&]() {
+      rocksdb::BlockBasedTableOptions t = table_options(8 << 10);
+      t.index_type = rocksdb::BlockBasedTableOptions::kTwoLevelIndexSearch;
+      t.partition_filters = true;
+      t.metadata_block_size = 4096;
+      t.pin_top_level_index_and_filter = true;
+      t.cache_index_and_filter_blocks_with_high_priority = true;
+      return t;
+    };
 
     for (int i = 0; i < static_cast<int>(Cf::kCount); ++i) {
       Cf cf = static_cast<Cf>(i);
@@ -315,7 +330,8 @@ class RocksStore : public KvStore {
         cfo.write_buffer_size = 64 << 20;
         cfo.target_file_size_base = 64 << 20;
         cfo.max_bytes_for_level_base = 512 << 20;
-        cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(32 << 10)));
+        cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(
+            cf == Cf::kWal ? table_options(32 << 10) : point_lookup_options()));
         // Most lookups during a backup ask for chunks that are not stored yet: a memtable bloom
         // filter answers those without walking the skip list.
         cfo.memtable_whole_key_filtering = true;
@@ -337,11 +353,20 @@ class RocksStore : public KvStore {
   }
 
   Status Get(Cf cf, std::string_view key, std::string* value) override {
+    return Get(rocksdb::ReadOptions(), cf, key, value);
+  }
+
+  Status GetBulk(Cf cf, std::string_view key, std::string* value) override {
+    rocksdb::ReadOptions ro;
+    ro.fill_cache = false;
+    return Get(ro, cf, key, value);
+  }
+
+  Status Get(const rocksdb::ReadOptions& ro, Cf cf, std::string_view key, std::string* value) {
     std::shared_lock<std::shared_mutex> db(db_mu_);
     if (!db_) return closed_;
     rocksdb::PinnableSlice pinned;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handle(cf),
-                                 rocksdb::Slice(key.data(), key.size()), &pinned);
+    rocksdb::Status s = db_->Get(ro, handle(cf), rocksdb::Slice(key.data(), key.size()), &pinned);
     if (s.IsNotFound()) return Status::NotFound("key not found");
     if (!s.ok()) return Convert(s, "get");
     value->assign(pinned.data(), pinned.size());
