@@ -163,12 +163,12 @@ class ZeroAheadLog : public rocksdb::FSWritableFileOwnerWrapper {
   }
   IOStatus Sync(const IOOptions& o, Dbg* d) override {
     IOStatus s = target()->Sync(o, d);
-    if (s.ok()) filler_->MaybeQueue(tail_);
+    if (s.ok()) Synced();
     return s;
   }
   IOStatus Fsync(const IOOptions& o, Dbg* d) override {
     IOStatus s = target()->Fsync(o, d);
-    if (s.ok()) filler_->MaybeQueue(tail_);
+    if (s.ok()) Synced();
     return s;
   }
   IOStatus Close(const IOOptions& o, Dbg* d) override {
@@ -201,6 +201,16 @@ class ZeroAheadLog : public rocksdb::FSWritableFileOwnerWrapper {
     return s;
   }
 
+  // Zeros pay off for a log synced often with little written between syncs (a clone's fsyncs).
+  // One that takes more between syncs (a pushed WAL segment: 16 MiB, then one sync) gains little,
+  // since its data dominates each fdatasync, and zeros would add half as much again to what it
+  // writes: it grows as any file does.
+  void Synced() {
+    const uint64_t appended = tail_->appended.load();
+    const uint64_t before = synced_at_.exchange(appended);
+    if (appended - std::min(before, appended) <= kSmallSync) filler_->MaybeQueue(tail_);
+  }
+
   // No more fills; waits for a running one.
   void Stop() {
     std::unique_lock<std::mutex> lock(tail_->mu);
@@ -214,7 +224,9 @@ class ZeroAheadLog : public rocksdb::FSWritableFileOwnerWrapper {
 
   const std::shared_ptr<LogTail> tail_;
   const std::shared_ptr<Filler> filler_;
-  bool untracked_ = false;  // `appended` no longer says where the log ends
+  bool untracked_ = false;              // `appended` no longer says where the log ends
+  std::atomic<uint64_t> synced_at_{0};  // `appended` at the last sync
+  static constexpr uint64_t kSmallSync = 1 << 20;
 };
 
 class ZeroAheadLogFs : public rocksdb::FileSystemWrapper {

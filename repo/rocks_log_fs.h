@@ -17,8 +17,9 @@ namespace pgbackfs {
 //
 // The zeros are what a preallocated log looks like: RocksDB's log reader skips them at recovery
 // as it skips the rest of a block after a zero record header, and reads to the end of the file.
-// A log is cut back to what was appended when RocksDB closes it. A log that is only appended to
-// (a backup's bulk writes, synced at the end) never gets zeros.
+// A log is cut back to what was appended when RocksDB closes it. A log that is only appended to,
+// or takes more than 1 MiB between syncs (a backup's bulk writes, a pushed WAL segment), gets no
+// zeros: there the data dominates each fdatasync, and zeros would add to what it writes.
 std::shared_ptr<rocksdb::FileSystem> NewZeroAheadLogFs(std::shared_ptr<rocksdb::FileSystem> base,
                                                        uint64_t step = 8 << 20);
 
