@@ -26,6 +26,7 @@ namespace {
 
 constexpr size_t kValueSize = 8192;
 constexpr uint64_t kStep = 8 << 20;  // NewZeroAheadLogFs's default
+constexpr int kValuesBeforeKill = 9000;
 
 std::string Key(int i) { return "key-" + std::to_string(i); }
 // Values of printable bytes: never zero, so a log's data is told apart from its zeros.
@@ -83,7 +84,7 @@ TEST(KvLogChild, WriteUntilKilled) {
   auto kv = OpenStore(dir);
   ASSERT_NE(kv, nullptr);
   const int out = atoi(fd);
-  for (int i = 0; i < 100000; ++i) {  // killed long before
+  for (int i = 0; i < 10 * kValuesBeforeKill; ++i) {  // killed long before
     // Every other write is an unsynced write made durable by Sync(), as a clone's fsync does.
     const bool sync = i % 2 == 0;
     ASSERT_TRUE(Put(kv.get(), i, sync).ok());
@@ -125,10 +126,11 @@ TEST_F(KvLogTest, SyncedWritesSurviveAKillWithZerosInTheLog) {
   posix_spawn_file_actions_destroy(&actions);
   close(pipe_fds[1]);
 
-  // Past two steps of zeros (3000 values of 8 KiB: 24 MiB), then kill -9 between two writes.
+  // Past several steps of zeros and past a switch to a new log (the column family's 64 MiB
+  // memtable fills at about 7800 values of 8 KiB), then kill -9 between two writes.
   int acknowledged = -1;
   int got;
-  while (acknowledged < 3000 && read(pipe_fds[0], &got, sizeof(got)) == sizeof(got)) {
+  while (acknowledged < kValuesBeforeKill && read(pipe_fds[0], &got, sizeof(got)) == sizeof(got)) {
     acknowledged = got;
   }
   kill(child, SIGKILL);
@@ -137,14 +139,16 @@ TEST_F(KvLogTest, SyncedWritesSurviveAKillWithZerosInTheLog) {
   while (read(pipe_fds[0], &got, sizeof(got)) == sizeof(got)) acknowledged = got;
   close(pipe_fds[0]);
   ASSERT_TRUE(WIFSIGNALED(wstatus)) << "the writer ended before it was killed";
-  ASSERT_GE(acknowledged, 3000);
+  ASSERT_GE(acknowledged, kValuesBeforeKill);
 
-  // The log the writer was killed with has zeros past its end.
+  // The log the writer was killed with has zeros past its end; the one before it, which the
+  // other column families' memtables still need, is recovered too.
   bool zeros = false;
   for (const auto& log : Logs(dir_)) {
     if (FileSize(log) > kStep && ZeroTail(log, 1 << 20)) zeros = true;
   }
   EXPECT_TRUE(zeros) << "no log was written ahead";
+  EXPECT_GE(Logs(dir_).size(), 2u) << "the writer was killed before a switch to a new log";
 
   // Recovery reads past the zeros and keeps every acknowledged write.
   auto kv = OpenStore(dir_);
