@@ -362,17 +362,6 @@ class RocksStore : public KvStore {
     return Get(ro, cf, key, value);
   }
 
-  Status Get(const rocksdb::ReadOptions& ro, Cf cf, std::string_view key, std::string* value) {
-    std::shared_lock<std::shared_mutex> db(db_mu_);
-    if (!db_) return closed_;
-    rocksdb::PinnableSlice pinned;
-    rocksdb::Status s = db_->Get(ro, handle(cf), rocksdb::Slice(key.data(), key.size()), &pinned);
-    if (s.IsNotFound()) return Status::NotFound("key not found");
-    if (!s.ok()) return Convert(s, "get");
-    value->assign(pinned.data(), pinned.size());
-    return Status::OK();
-  }
-
   Status Write(const KvBatch& batch, bool sync) override {
     std::shared_lock<std::shared_mutex> io;
     RETURN_IF_ERROR(LockForWrite(&io));
@@ -449,6 +438,17 @@ class RocksStore : public KvStore {
 
   RocksStore() = default;
   rocksdb::ColumnFamilyHandle* handle(Cf cf) { return handles_[static_cast<int>(cf)]; }
+
+  Status Get(const rocksdb::ReadOptions& ro, Cf cf, std::string_view key, std::string* value) {
+    std::shared_lock<std::shared_mutex> db(db_mu_);
+    if (!db_) return closed_;
+    rocksdb::PinnableSlice pinned;
+    rocksdb::Status s = db_->Get(ro, handle(cf), rocksdb::Slice(key.data(), key.size()), &pinned);
+    if (s.IsNotFound()) return Status::NotFound("key not found");
+    if (!s.ok()) return Convert(s, "get");
+    value->assign(pinned.data(), pinned.size());
+    return Status::OK();
+  }
 
   // Opens the instance: the same directory, options (file system, listener, block cache) and
   // column families every time. Both locks held exclusive, or none (in Open).
