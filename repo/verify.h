@@ -24,7 +24,8 @@ struct VerifyReport {
   uint64_t references_checked = 0;     // leaf references followed in snapshot trees
   uint64_t bytes_checked = 0;          // logical bytes covered
   uint64_t wal_files = 0;              // archived WAL files checked (whole-repository runs)
-  uint64_t wal_files_indexed = 0;      // archived WAL files the WAL index lacked, indexed now
+  uint64_t wal_files_indexed =
+      0;  // WAL files the WAL index lacked (archived, or in a backup's pg_wal/), indexed now
   std::vector<VerifyProblem> problems;
   bool ok() const { return problems.empty(); }
 };

@@ -546,6 +546,30 @@ Status WalArchive::IndexBackupSegment(const std::string& name, const FileData& d
       .status();
 }
 
+Result<uint64_t> WalArchive::IndexSnapshotWal(const SnapshotInfo& snapshot, bool only_missing) {
+  Result<Entry> dir = repo_->reader()->Lookup(snapshot.root, "pg_wal");
+  if (!dir.ok()) return dir.status().IsNotFound() ? Result<uint64_t>(0) : dir.status();
+  std::vector<Entry> entries;
+  RETURN_IF_ERROR(repo_->reader()->ReadDir(*dir, &entries));
+  uint64_t indexed = 0;
+  for (const Entry& e : entries) {
+    WalFileName name;
+    if (e.type != EntryType::kFile || !ParseWalFileName(e.name, &name).ok() ||
+        name.kind != WalFileKind::kSegment) {
+      continue;
+    }
+    if (only_missing) {
+      Result<WalSegmentRecord> have = WalIndex(repo_).GetSegment(e.name);
+      if (have.ok()) continue;
+      if (!have.status().IsNotFound()) return have.status();
+    }
+    RETURN_IF_ERROR(IndexBackupSegment(e.name, e.data)
+                        .WithContext("snapshot " + snapshot.id + ", pg_wal/" + e.name));
+    ++indexed;
+  }
+  return indexed;
+}
+
 Result<uint64_t> WalArchive::IndexMissing() {
   std::vector<WalFileInfo> todo;
   {

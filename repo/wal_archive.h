@@ -97,6 +97,10 @@ class WalArchive {
   // anywhere) into the WAL index, unless an archived copy of it is indexed already. Serialized
   // with archive commits, which index what they store in the same synced write.
   Status IndexBackupSegment(const std::string& name, const FileData& data);
+  // Indexes the segments in a snapshot's pg_wal/ (IndexBackupSegment); with `only_missing`,
+  // only those the index has no record of (a backup killed between its commit and this step).
+  // Returns how many were indexed.
+  Result<uint64_t> IndexSnapshotWal(const SnapshotInfo& snapshot, bool only_missing);
   // Indexes every archived segment and history file the index does not know yet (after a crash
   // between a history file's record and its index entry, or for a repository written before
   // the index existed). Returns how many files were indexed.

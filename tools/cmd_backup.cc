@@ -276,24 +276,6 @@ Result<uint64_t> ParseServerSize(const std::string& text) {
   return n * mult;
 }
 
-// Indexes the WAL segments in the snapshot's pg_wal/.
-Status IndexBackupWal(Repository* repo, const SnapshotInfo& info) {
-  Result<Entry> dir = repo->reader()->Lookup(info.root, "pg_wal");
-  if (!dir.ok()) return dir.status().IsNotFound() ? Status::OK() : dir.status();
-  std::vector<Entry> entries;
-  RETURN_IF_ERROR(repo->reader()->ReadDir(*dir, &entries));
-  WalArchive archive(repo);
-  for (const Entry& e : entries) {
-    WalFileName name;
-    if (e.type != EntryType::kFile || !ParseWalFileName(e.name, &name).ok() ||
-        name.kind != WalFileKind::kSegment) {
-      continue;
-    }
-    RETURN_IF_ERROR(archive.IndexBackupSegment(e.name, e.data));
-  }
-  return Status::OK();
-}
-
 Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   FILE* out = ctx->io->out;
   FILE* err = ctx->io->err;
@@ -363,8 +345,8 @@ Status RunBackup(const BackupArgs& args, CliContext* ctx, Repository* repo) {
   RETURN_IF_ERROR(repo->CommitSnapshot(info));
   // The WAL that came with the backup goes into the WAL index, so that the backup's consistent
   // point and its commits are known even before (or without) an archive. Not fatal: the backup
-  // is committed, and `verify` indexes what is missing.
-  Status indexed = IndexBackupWal(repo, info);
+  // is committed, and `verify` indexes what is missing (WalArchive::IndexSnapshotWal).
+  Status indexed = WalArchive(repo).IndexSnapshotWal(info, /*only_missing=*/false).status();
   if (!indexed.ok()) {
     fprintf(err, "pgbackfs: warning: could not index the backup's WAL: %s\n",
             indexed.message().c_str());
