@@ -353,7 +353,7 @@ Status ChunkStore::GetInto(const ChunkId& id, size_t size, char* dst) {
     return Status::OK();
   }
   thread_local std::string stored;
-  Status s = kv_->GetBulk(Cf::kChunks, id.AsKey(), &stored);
+  Status s = kv_->Get(Cf::kChunks, id.AsKey(), &stored);
   if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
   RETURN_IF_ERROR(s);
   RETURN_IF_ERROR(Decode(id, stored, nullptr, dst, size));

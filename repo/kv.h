@@ -80,11 +80,6 @@ class KvStore {
   virtual ~KvStore() = default;
   // NotFound if absent.
   virtual Status Get(Cf cf, std::string_view key, std::string* value) = 0;
-  // Same, for bulk reads (a large read of a file, a restore): what it reads is not kept in the
-  // store's block cache, whose blocks a bulk read would only push out.
-  virtual Status GetBulk(Cf cf, std::string_view key, std::string* value) {
-    return Get(cf, key, value);
-  }
   // Applies all of `batch` or nothing. With `sync`, it is durable (fdatasync) on return, and so
   // is everything written before it.
   virtual Status Write(const KvBatch& batch, bool sync) = 0;

@@ -353,13 +353,15 @@ class RocksStore : public KvStore {
   }
 
   Status Get(Cf cf, std::string_view key, std::string* value) override {
-    return Get(rocksdb::ReadOptions(), cf, key, value);
-  }
-
-  Status GetBulk(Cf cf, std::string_view key, std::string* value) override {
-    rocksdb::ReadOptions ro;
-    ro.fill_cache = false;
-    return Get(ro, cf, key, value);
+    std::shared_lock<std::shared_mutex> db(db_mu_);
+    if (!db_) return closed_;
+    rocksdb::PinnableSlice pinned;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handle(cf),
+                                 rocksdb::Slice(key.data(), key.size()), &pinned);
+    if (s.IsNotFound()) return Status::NotFound("key not found");
+    if (!s.ok()) return Convert(s, "get");
+    value->assign(pinned.data(), pinned.size());
+    return Status::OK();
   }
 
   Status Write(const KvBatch& batch, bool sync) override {
@@ -438,17 +440,6 @@ class RocksStore : public KvStore {
 
   RocksStore() = default;
   rocksdb::ColumnFamilyHandle* handle(Cf cf) { return handles_[static_cast<int>(cf)]; }
-
-  Status Get(const rocksdb::ReadOptions& ro, Cf cf, std::string_view key, std::string* value) {
-    std::shared_lock<std::shared_mutex> db(db_mu_);
-    if (!db_) return closed_;
-    rocksdb::PinnableSlice pinned;
-    rocksdb::Status s = db_->Get(ro, handle(cf), rocksdb::Slice(key.data(), key.size()), &pinned);
-    if (s.IsNotFound()) return Status::NotFound("key not found");
-    if (!s.ok()) return Convert(s, "get");
-    value->assign(pinned.data(), pinned.size());
-    return Status::OK();
-  }
 
   // Opens the instance: the same directory, options (file system, listener, block cache) and
   // column families every time. Both locks held exclusive, or none (in Open).
