@@ -552,6 +552,7 @@ Result<uint64_t> WalArchive::IndexSnapshotWal(const SnapshotInfo& snapshot, bool
   std::vector<Entry> entries;
   RETURN_IF_ERROR(repo_->reader()->ReadDir(*dir, &entries));
   uint64_t indexed = 0;
+  WalIndex index(repo_);
   for (const Entry& e : entries) {
     WalFileName name;
     if (e.type != EntryType::kFile || !ParseWalFileName(e.name, &name).ok() ||
@@ -559,7 +560,7 @@ Result<uint64_t> WalArchive::IndexSnapshotWal(const SnapshotInfo& snapshot, bool
       continue;
     }
     if (only_missing) {
-      Result<WalSegmentRecord> have = WalIndex(repo_).GetSegment(e.name);
+      Result<WalSegmentRecord> have = index.GetSegment(e.name);
       if (have.ok()) continue;
       if (!have.status().IsNotFound()) return have.status();
     }
