@@ -6,6 +6,7 @@
 #include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/listener.h>
+#include <rocksdb/sst_file_reader.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/options_util.h>
 #include <spdlog/spdlog.h>
@@ -26,7 +27,9 @@
 #include <mutex>
 #include <set>
 #include <shared_mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "repo/kv.h"
 #include "repo/rocks_log_fs.h"
@@ -61,6 +64,28 @@ Status Convert(const rocksdb::Status& s, const char* what) {
   if (s.IsInvalidArgument()) return Status::InvalidArgument(msg);
   if (s.IsNotSupported()) return Status::NotSupported(msg);
   return Status::IOError(msg);
+}
+
+// When a table file's footer, properties or index is damaged, RocksDB fails to open the
+// database with a message that may name the manifest instead of the table. Opening each table
+// file on its own (which reads those blocks and checks their checksums) says which is damaged.
+std::string DamagedTables(const std::string& dir) {
+  std::vector<std::string> children;
+  rocksdb::Env* env = rocksdb::Env::Default();
+  if (!env->GetChildren(dir, &children).ok()) return "its table files cannot be listed";
+  std::sort(children.begin(), children.end());
+  rocksdb::Options options;
+  std::vector<std::string> damaged;
+  for (const std::string& name : children) {
+    if (name.size() < 4 || name.compare(name.size() - 4, 4, ".sst") != 0) continue;
+    rocksdb::SstFileReader reader(options);
+    rocksdb::Status s = reader.Open(dir + "/" + name);
+    if (!s.ok()) damaged.push_back(name + " (" + s.ToString() + ")");
+  }
+  if (damaged.empty()) return "every table file opens on its own (the damage is elsewhere)";
+  std::string out = "damaged table files:";
+  for (const std::string& d : damaged) out += " " + d;
+  return out;
 }
 
 // KvFaultInjection: a file system whose writes fail with ENOSPC while `disk_full` is set (EIO
@@ -347,7 +372,11 @@ class RocksStore : public KvStore {
       if (s.IsIOError() && s.ToString().find("lock") != std::string::npos) {
         return Status::Busy("repository database '" + dir + "' is in use by another process");
       }
-      return Convert(s, ("open rocksdb '" + dir + "'").c_str());
+      Status st = Convert(s, ("open rocksdb '" + dir + "'").c_str());
+      if (s.IsCorruption() && st.message().find(".sst") == std::string::npos) {
+        st = Status::Corruption(st.message() + "; " + DamagedTables(dir));
+      }
+      return st;
     }
     return std::unique_ptr<KvStore>(std::move(store));
   }

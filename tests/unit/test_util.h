@@ -5,6 +5,8 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 
@@ -17,6 +19,17 @@ inline std::string MakeTempDir() {
   char* dir = mkdtemp(tmpl);
   EXPECT_NE(dir, nullptr);
   return dir;
+}
+
+inline std::string ReadWholeFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+inline void WriteWholeFile(const std::string& path, const std::string& data) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << data;
+  EXPECT_TRUE(f.good()) << path;
 }
 
 inline std::string RandomBytes(size_t n, uint32_t seed) {

@@ -15,6 +15,7 @@
 
 #include "repo/coding.h"
 #include "repo/file_util.h"
+#include "tests/unit/test_util.h"
 #include "tools/cli.h"
 
 namespace pgbackfs {
@@ -61,16 +62,10 @@ std::string MakeSegment(const std::string& name, SegOptions o = {}) {
   return s;
 }
 
-std::string TempDir() {
-  char tmpl[] = "/tmp/pgbackfs-unit.XXXXXX";
-  EXPECT_NE(mkdtemp(tmpl), nullptr);
-  return tmpl;
-}
-
 class WalArchiveTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
-    dir_ = TempDir();
+    dir_ = MakeTempDir();
     path_ = dir_ + "/repo";
     ASSERT_TRUE(Repository::Init(path_, RepoConfig()).ok());
     Reopen();
@@ -679,25 +674,15 @@ CliRun RunCommand(const std::vector<std::string>& args) {
   return r;
 }
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void WriteAll(const std::string& path, const std::string& data) {
-  std::ofstream f(path, std::ios::binary);
-  f << data;
-}
-
 TEST(ArchiveCommandsTest, PushAndGet) {
-  std::string dir = TempDir();
+  std::string dir = MakeTempDir();
   std::string repo = dir + "/repo";
   ASSERT_TRUE(Repository::Init(repo, RepoConfig()).ok());
   std::filesystem::create_directory(dir + "/pg_wal");
   std::filesystem::create_directory(dir + "/other");
   const std::string name = "000000010000000000000001";
   std::string seg = MakeSegment(name);
-  WriteAll(dir + "/pg_wal/" + name, seg);
+  WriteWholeFile(dir + "/pg_wal/" + name, seg);
 
   CliRun r = RunCommand({"archive-push", repo, dir + "/pg_wal/" + name});
   EXPECT_EQ(r.code, 0) << r.err;
@@ -707,7 +692,7 @@ TEST(ArchiveCommandsTest, PushAndGet) {
 
   r = RunCommand({"archive-get", repo, name, dir + "/other/RECOVERYXLOG"});
   EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(ReadAll(dir + "/other/RECOVERYXLOG"), seg);
+  EXPECT_EQ(ReadWholeFile(dir + "/other/RECOVERYXLOG"), seg);
   // No temporary file is left behind.
   int files = 0;
   for (auto& e : std::filesystem::directory_iterator(dir + "/other")) {
@@ -722,19 +707,19 @@ TEST(ArchiveCommandsTest, PushAndGet) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/other/RECOVERYHISTORY"));
 
   // A different duplicate, a bad name, a wrong size, another cluster: exit 1, stored file kept.
-  WriteAll(dir + "/other/" + name, MakeSegment(name, {.seed = 5}));
+  WriteWholeFile(dir + "/other/" + name, MakeSegment(name, {.seed = 5}));
   r = RunCommand({"archive-push", repo, dir + "/other/" + name});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("already archived with different content"), std::string::npos) << r.err;
-  WriteAll(dir + "/other/xlog.bin", seg);
+  WriteWholeFile(dir + "/other/xlog.bin", seg);
   r = RunCommand({"archive-push", repo, dir + "/other/xlog.bin"});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("not a WAL file name"), std::string::npos) << r.err;
-  WriteAll(dir + "/other/000000010000000000000002", seg.substr(0, 1000));
+  WriteWholeFile(dir + "/other/000000010000000000000002", seg.substr(0, 1000));
   r = RunCommand({"archive-push", repo, dir + "/other/000000010000000000000002"});
   EXPECT_EQ(r.code, 1) << r.err;
-  WriteAll(dir + "/other/000000010000000000000002",
-           MakeSegment("000000010000000000000002", {.sysid = 99}));
+  WriteWholeFile(dir + "/other/000000010000000000000002",
+                 MakeSegment("000000010000000000000002", {.sysid = 99}));
   r = RunCommand({"archive-push", repo, dir + "/other/000000010000000000000002"});
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("cluster"), std::string::npos) << r.err;
@@ -742,7 +727,7 @@ TEST(ArchiveCommandsTest, PushAndGet) {
   EXPECT_EQ(r.code, 1) << r.err;
   r = RunCommand({"archive-get", repo, name, dir + "/other/again"});
   EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(ReadAll(dir + "/other/again"), seg);
+  EXPECT_EQ(ReadWholeFile(dir + "/other/again"), seg);
   r = RunCommand({"archive-get", repo, name});
   EXPECT_EQ(r.code, 2);
   std::filesystem::remove_all(dir);
