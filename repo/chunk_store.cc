@@ -10,7 +10,9 @@
 #include <condition_variable>
 #include <list>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "repo/coding.h"
 #include "repo/zstd_dict.h"
@@ -28,6 +30,50 @@ constexpr size_t kMaxChunkBytes = 64u << 20;  // a frame claiming more is corrup
 // one: a frame that size has history enough of its own (WAL in 1 MiB frames: a dictionary made
 // it 2% smaller and 25% slower to compress).
 constexpr size_t kMaxDictionaryChunk = 64u << 10;
+
+// A `chunks` value that names a location in `chunk_data` (format >= 4) instead of holding the
+// encoded chunk: the tag, the location (u64 big-endian, the `chunk_data` key), and the size of
+// the encoded chunk there (u32). Encoded chunks start with a codec byte (0-2), never the tag.
+constexpr uint8_t kLocatedTag = 0x80;
+constexpr size_t kLocatedValueBytes = 1 + 8 + 4;
+constexpr size_t kIdBytes = 16;
+
+std::string LocationKey(uint64_t location) {
+  std::string key;
+  PutBigEndian64(&key, location);
+  return key;
+}
+
+std::string LocatedValue(uint64_t location, size_t stored_bytes) {
+  std::string value(1, static_cast<char>(kLocatedTag));
+  PutBigEndian64(&value, location);
+  PutFixed32(&value, static_cast<uint32_t>(stored_bytes));
+  return value;
+}
+
+bool IsLocated(std::string_view value) {
+  return !value.empty() && static_cast<uint8_t>(value[0]) == kLocatedTag;
+}
+
+// False when a located value is damaged.
+bool ParseLocated(std::string_view value, uint64_t* location, uint32_t* stored_bytes) {
+  if (value.size() != kLocatedValueBytes) return false;
+  *location = GetBigEndian(value.substr(1), 8);
+  Decoder d(value.substr(9));
+  return d.GetFixed32(stored_bytes);
+}
+
+// True if `value` (a `chunks` value) names `location_key`.
+bool NamesLocation(std::string_view value, std::string_view location_key) {
+  uint64_t location;
+  uint32_t bytes;
+  return IsLocated(value) && ParseLocated(value, &location, &bytes) &&
+         LocationKey(location) == location_key;
+}
+
+Status DamagedLocation(const ChunkId& id) {
+  return Status::Corruption("chunk " + id.Hex() + " has a damaged location entry");
+}
 
 // One zstd context per thread: creating one per 8 KiB chunk costs more than compressing it.
 struct ZstdContexts {
@@ -201,10 +247,12 @@ class ChunkStore::Pool {
   bool stop_ = false;
 };
 
-ChunkStore::ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries)
+ChunkStore::ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries,
+                       bool located)
     : kv_(kv),
       zstd_level_(zstd_level),
       train_dictionaries_(train_dictionaries),
+      located_(located),
       cache_(std::make_unique<ChunkCache>(cache_bytes)),
       pool_(std::make_unique<Pool>(
           std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1))) {}
@@ -336,9 +384,7 @@ Status ChunkStore::Get(const ChunkId& id, size_t size, std::string* out) {
     return Status::OK();
   }
   std::string stored;
-  Status s = kv_->Get(Cf::kChunks, id.AsKey(), &stored);
-  if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
-  RETURN_IF_ERROR(s);
+  RETURN_IF_ERROR(GetStored(id, &stored));
   RETURN_IF_ERROR(DecodeAndVerify(id, stored, out));
   if (out->size() != size) {
     return Status::Corruption("chunk " + id.Hex() + " has " + std::to_string(out->size()) +
@@ -353,9 +399,7 @@ Status ChunkStore::GetInto(const ChunkId& id, size_t size, char* dst) {
     return Status::OK();
   }
   thread_local std::string stored;
-  Status s = kv_->Get(Cf::kChunks, id.AsKey(), &stored);
-  if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
-  RETURN_IF_ERROR(s);
+  RETURN_IF_ERROR(GetStored(id, &stored));
   RETURN_IF_ERROR(Decode(id, stored, nullptr, dst, size));
   if (ComputeChunkId(std::string_view(dst, size)) != id) {
     return Status::Corruption("chunk " + id.Hex() + " does not match its hash");
@@ -378,6 +422,153 @@ Result<bool> ChunkStore::Contains(const ChunkId& id) {
   if (s.IsNotFound()) return false;
   RETURN_IF_ERROR(s);
   return true;
+}
+
+Status ChunkStore::GetStored(const ChunkId& id, std::string* stored) {
+  Status s = kv_->Get(Cf::kChunks, id.AsKey(), stored);
+  if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
+  RETURN_IF_ERROR(s);
+  if (!IsLocated(*stored)) return Status::OK();
+  uint64_t location;
+  uint32_t bytes;
+  if (!ParseLocated(*stored, &location, &bytes)) return DamagedLocation(id);
+  s = kv_->Get(Cf::kChunkData, LocationKey(location), stored);
+  const std::string where = "chunk " + id.Hex() + " at location " + std::to_string(location);
+  if (s.IsNotFound()) return Status::Corruption(where + " is missing");
+  RETURN_IF_ERROR(s.WithContext(where));
+  if (stored->size() != kIdBytes + bytes || stored->compare(0, kIdBytes, id.AsKey()) != 0) {
+    return Status::Corruption(where + ": the location holds something else");
+  }
+  stored->erase(0, kIdBytes);
+  return Status::OK();
+}
+
+Status ChunkStore::ReplaceStored(const ChunkId& id, std::string_view stored) {
+  std::string value;
+  Status s = kv_->Get(Cf::kChunks, id.AsKey(), &value);
+  if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
+  RETURN_IF_ERROR(s);
+  KvBatch batch;
+  if (!IsLocated(value)) {
+    batch.Put(Cf::kChunks, id.AsKey(), stored);
+  } else {
+    uint64_t location;
+    uint32_t bytes;
+    if (!ParseLocated(value, &location, &bytes)) return DamagedLocation(id);
+    if (stored.size() != bytes) {
+      return Status::InvalidArgument("a replacement must have the stored chunk's size");
+    }
+    batch.Put(Cf::kChunkData, LocationKey(location), std::string(id.AsKey()) + std::string(stored));
+  }
+  return kv_->Write(batch, /*sync=*/true);
+}
+
+Result<uint64_t> ChunkStore::AllocateLocations(uint64_t n) {
+  std::lock_guard<std::mutex> lock(location_mu_);
+  if (!location_loaded_) {
+    // After the last location stored. Locations allocated but never written (a writer that
+    // failed, or a process that died before its write) leave gaps, or are handed out again.
+    auto it = kv_->NewIterator(Cf::kChunkData);
+    it->SeekToLast();
+    RETURN_IF_ERROR(it->status());
+    if (it->Valid() && it->key().size() != 8) {
+      return Status::Corruption("chunk_data key of bad length in the store");
+    }
+    next_location_ = it->Valid() ? GetBigEndian(it->key(), 8) + 1 : 1;
+    location_loaded_ = true;
+  }
+  uint64_t first = next_location_;
+  next_location_ += n;
+  return first;
+}
+
+uint64_t ChunkStore::EntryBytes(std::string_view chunks_value) {
+  uint64_t location;
+  uint32_t bytes;
+  if (IsLocated(chunks_value) && ParseLocated(chunks_value, &location, &bytes)) {
+    return kIdBytes + chunks_value.size() + 8 + kIdBytes + bytes;
+  }
+  return kIdBytes + chunks_value.size();
+}
+
+Status ChunkStore::ForEachStored(const StoredFn& fn, uint64_t* orphans) {
+  *orphans = 0;
+  // Inline chunks as `chunks` holds them; located ones are only counted here, and read below in
+  // location order (sequential reads of `chunk_data`, not one random read each).
+  uint64_t located = 0;
+  auto scan_chunks = [&](const std::function<void(const ChunkId&, std::string_view)>& each) {
+    auto it = kv_->NewIterator(Cf::kChunks);
+    for (it->Seek(""); it->Valid(); it->Next()) {
+      if (it->key().size() != kIdBytes) {
+        return Status::Corruption("chunk key of bad length in the store");
+      }
+      each(ChunkId::FromKey(it->key()), it->value());
+    }
+    return it->status();
+  };
+  RETURN_IF_ERROR(scan_chunks([&](const ChunkId& id, std::string_view value) {
+    if (IsLocated(value)) {
+      located++;
+    } else {
+      fn(id, value, Status::OK());
+    }
+  }));
+  // An entry is a chunk's only if that chunk's `chunks` entry names it (an entry whose id is
+  // damaged names no chunk, or another one: the chunk it belonged to is found below).
+  uint64_t matched = 0;
+  std::string value;
+  auto it = kv_->NewIterator(Cf::kChunkData);
+  for (it->Seek(""); it->Valid(); it->Next()) {
+    std::string_view data = it->value();
+    if (it->key().size() != 8)
+      return Status::Corruption("chunk_data key of bad length in the store");
+    if (data.size() >= kIdBytes) {
+      Status s = kv_->Get(Cf::kChunks, data.substr(0, kIdBytes), &value);
+      if (!s.ok() && !s.IsNotFound()) return s;
+      if (s.ok() && NamesLocation(value, it->key())) {
+        matched++;
+        fn(ChunkId::FromKey(data.substr(0, kIdBytes)), data.substr(kIdBytes), Status::OK());
+        continue;
+      }
+    }
+    (*orphans)++;
+  }
+  RETURN_IF_ERROR(it->status());
+  if (matched == located) return Status::OK();
+  // Some located chunks were not found where `chunks` says: find which.
+  std::string stored;
+  return scan_chunks([&](const ChunkId& id, std::string_view chunks_value) {
+    if (!IsLocated(chunks_value)) return;
+    Status s = GetStored(id, &stored);
+    if (!s.ok()) fn(id, {}, s);
+  });
+}
+
+Result<uint64_t> ChunkStore::DeleteOrphans(bool dry_run, uint64_t* bytes) {
+  // An entry no `chunks` entry names stays so: locations are never written twice, and a chunk's
+  // `chunks` entry and its `chunk_data` entry are written, and deleted, in one batch.
+  uint64_t deleted = 0;
+  KvBatch batch;
+  std::string value;
+  auto it = kv_->NewIterator(Cf::kChunkData);
+  for (it->Seek(""); it->Valid(); it->Next()) {
+    std::string_view data = it->value();
+    if (data.size() >= kIdBytes) {
+      Status s = kv_->Get(Cf::kChunks, data.substr(0, kIdBytes), &value);
+      if (!s.ok() && !s.IsNotFound()) return s;
+      if (s.ok() && NamesLocation(value, it->key())) continue;
+    }
+    *bytes += it->key().size() + data.size();
+    if (!dry_run) batch.Delete(Cf::kChunkData, it->key());
+    deleted++;
+    if (batch.ops().size() >= 4096) {
+      RETURN_IF_ERROR(kv_->Write(batch, false));
+      batch.Clear();
+    }
+  }
+  RETURN_IF_ERROR(it->status());
+  if (!batch.empty()) RETURN_IF_ERROR(kv_->Write(batch, false));
+  return deleted;
 }
 
 // Garbage collection and the writers beside it.
@@ -441,8 +632,13 @@ Result<uint64_t> ChunkStore::DeleteUnprotected(const std::vector<ChunkId>& ids, 
     Status s = kv_->Get(Cf::kChunks, id.AsKey(), &value);
     if (s.IsNotFound()) continue;
     RETURN_IF_ERROR(s);
-    *bytes += value.size() + id.bytes.size();
+    *bytes += EntryBytes(value);
     batch.Delete(Cf::kChunks, id.AsKey());
+    uint64_t location;
+    uint32_t size;
+    if (IsLocated(value) && ParseLocated(value, &location, &size)) {
+      batch.Delete(Cf::kChunkData, LocationKey(location));
+    }
     deleted++;
   }
   if (!batch.empty()) RETURN_IF_ERROR(kv_->Write(batch, false));
@@ -662,6 +858,7 @@ Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
     }
   });
   std::vector<std::string_view> stored;  // the new chunks, for the dictionary sample
+  std::vector<std::pair<ChunkId, std::string_view>> fresh;
   for (size_t i = 0; i < n; ++i) {
     RETURN_IF_ERROR(errors[i]);
     const ChunkId& id = (*ids)[i];
@@ -674,9 +871,10 @@ Status ChunkWriter::AddMany(const std::vector<std::string_view>& chunks,
     if (!is_new[i] || !pending_.insert(id).second) continue;
     stats_.new_chunks++;
     stats_.new_stored_bytes += encoded[i].size() + id.bytes.size();
-    batch_.Put(Cf::kChunks, id.AsKey(), encoded[i]);
+    fresh.emplace_back(id, encoded[i]);
     if (chunks[i].size() <= kMaxDictionaryChunk) stored.push_back(chunks[i]);
   }
+  RETURN_IF_ERROR(Stage(fresh));
   RETURN_IF_ERROR(store_->SampleNewChunks(stored));
   if (batch_.ApproximateBytes() >= batch_bytes_) return Flush(false);
   return Status::OK();
@@ -702,8 +900,27 @@ Status ChunkWriter::AddEncoded(const ChunkId& id, size_t raw_size, std::string_v
   pending_.insert(id);
   stats_.new_chunks++;
   stats_.new_stored_bytes += encoded.size() + id.bytes.size();
-  batch_.Put(Cf::kChunks, id.AsKey(), encoded);
+  RETURN_IF_ERROR(Stage({{id, encoded}}));
   if (batch_.ApproximateBytes() >= batch_bytes_) return Flush(false);
+  return Status::OK();
+}
+
+Status ChunkWriter::Stage(const std::vector<std::pair<ChunkId, std::string_view>>& fresh) {
+  if (fresh.empty()) return Status::OK();
+  if (!store_->located()) {
+    for (const auto& [id, encoded] : fresh) batch_.Put(Cf::kChunks, id.AsKey(), encoded);
+    return Status::OK();
+  }
+  // Consecutive locations, in the order the chunks came: a file's new chunks are neighbours.
+  ASSIGN_OR_RETURN(uint64_t location, store_->AllocateLocations(fresh.size()));
+  std::string data;
+  for (const auto& [id, encoded] : fresh) {
+    data.assign(id.AsKey());
+    data.append(encoded);
+    batch_.Put(Cf::kChunkData, LocationKey(location), data);
+    batch_.Put(Cf::kChunks, id.AsKey(), LocatedValue(location, encoded.size()));
+    location++;
+  }
   return Status::OK();
 }
 
@@ -717,8 +934,9 @@ Status ChunkWriter::Flush(bool sync) {
   std::vector<const KvBatch::Op*> ops;
   ops.reserve(batch_.ops().size());
   for (const KvBatch::Op& op : batch_.ops()) ops.push_back(&op);
-  std::sort(ops.begin(), ops.end(),
-            [](const KvBatch::Op* a, const KvBatch::Op* b) { return a->key < b->key; });
+  std::sort(ops.begin(), ops.end(), [](const KvBatch::Op* a, const KvBatch::Op* b) {
+    return std::tie(a->cf, a->key) < std::tie(b->cf, b->key);
+  });
   KvBatch sorted;
   for (const KvBatch::Op* op : ops) sorted.Put(op->cf, op->key, op->value);
   Status s = store_->kv()->Write(sorted, sync);

@@ -88,9 +88,13 @@ struct DictionaryOptions {
 
 class ChunkStore {
  public:
-  // `kv` must outlive the store. With `train_dictionaries` false (format-1 repositories) new
-  // chunks never use a dictionary; chunks that do are read either way.
-  ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries = true);
+  // `kv` must outlive the store, and be used by no other ChunkStore. With `train_dictionaries`
+  // false (format-1 repositories) new chunks never use a dictionary; chunks that do are read
+  // either way. With `located` (format >= 4) new chunks are stored in `chunk_data` in the order
+  // they are written, and `chunks` holds their location; chunks stored inline are read either
+  // way (docs/FORMAT.md, "chunks").
+  ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries = true,
+             bool located = false);
   ~ChunkStore();
   ChunkStore(const ChunkStore&) = delete;
   ChunkStore& operator=(const ChunkStore&) = delete;
@@ -105,6 +109,31 @@ class ChunkStore {
   Result<std::shared_ptr<const std::string>> GetCached(const ChunkId& id, size_t size);
   // True if the chunk is stored (or is the zero chunk). Does not read or check the data.
   Result<bool> Contains(const ChunkId& id);
+  // The stored (encoded) form of chunk `id`, wherever it is; not decoded or checked. NotFound
+  // when it is missing; Corruption when its `chunks` entry or its located entry is damaged.
+  Status GetStored(const ChunkId& id, std::string* stored);
+  // Test hook (`debug corrupt-chunk`): replaces the stored form of a stored chunk, in place.
+  Status ReplaceStored(const ChunkId& id, std::string_view stored);
+  bool located() const { return located_; }
+
+  // Every stored chunk, for `verify`: fn(id, stored, problem) once per chunk in `chunks`, with
+  // its stored form, or with a non-OK `problem` (and no bytes) when that form cannot be found:
+  // a damaged `chunks` entry, a location with no entry or an entry of another chunk. Located
+  // chunks are read in location order. `*orphans` counts `chunk_data` entries no `chunks` entry
+  // names (left by two writers that stored the same new chunk at once; `gc` deletes them). A
+  // failed scan is returned; `fn` may have been called for part of the chunks.
+  using StoredFn =
+      std::function<void(const ChunkId& id, std::string_view stored, const Status& problem)>;
+  Status ForEachStored(const StoredFn& fn, uint64_t* orphans);
+  // Deletes those orphans (counts them only, with `dry_run`); returns how many, and adds their
+  // bytes to `*bytes`.
+  Result<uint64_t> DeleteOrphans(bool dry_run, uint64_t* bytes);
+  // Approximate bytes on disk of the chunks (both column families).
+  uint64_t ApproximateBytes() {
+    return kv_->ApproximateSize(Cf::kChunks) + kv_->ApproximateSize(Cf::kChunkData);
+  }
+  // The bytes a chunk takes in the store (keys included), given its `chunks` value.
+  static uint64_t EntryBytes(std::string_view chunks_value);
 
   // Encodes raw chunk bytes for storage (compressed, with the current dictionary if there is
   // one, when that is smaller).
@@ -133,6 +162,9 @@ class ChunkStore {
   // for the disk, and more reads in flight keep it busy.
   void ParallelRead(size_t n, const std::function<void(size_t)>& fn);
   static constexpr int kReadThreads = 16;
+
+  // The first of `n` consecutive new locations in `chunk_data`.
+  Result<uint64_t> AllocateLocations(uint64_t n);
 
   KvStore* kv() { return kv_; }
   int zstd_level() const { return zstd_level_; }
@@ -174,6 +206,10 @@ class ChunkStore {
   KvStore* kv_;
   int zstd_level_;
   const bool train_dictionaries_;
+  const bool located_;
+  std::mutex location_mu_;
+  bool location_loaded_ = false;  // GUARDED_BY(location_mu_)
+  uint64_t next_location_ = 0;    // GUARDED_BY(location_mu_)
   std::unique_ptr<ChunkCache> cache_;
   std::unique_ptr<Pool> pool_;
   std::unique_ptr<Pool> read_pool_;  // made on first use
@@ -223,6 +259,8 @@ class ChunkWriter {
   const WriteStats& stats() const { return stats_; }
 
  private:
+  // Puts new chunks (id, encoded) into the batch: inline, or at new locations.
+  Status Stage(const std::vector<std::pair<ChunkId, std::string_view>>& fresh);
   ChunkStore* store_;
   uint64_t epoch_;  // ChunkStore::RegisterWriter
   size_t batch_bytes_;

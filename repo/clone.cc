@@ -24,15 +24,6 @@ constexpr uint8_t kFlagOverrides = 2;     // file: some chunks are overridden
 std::mutex registry_mu;
 std::map<std::pair<Repository*, std::string>, std::weak_ptr<CloneFs>> registry;
 
-void PutBig64(std::string* dst, uint64_t v) {
-  for (int i = 7; i >= 0; --i) dst->push_back(static_cast<char>(v >> (8 * i)));
-}
-uint64_t GetBig64(std::string_view s) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(s[i]);
-  return v;
-}
-
 std::pair<int64_t, uint32_t> Now() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -196,7 +187,7 @@ Result<CloneInfo> CloneFs::Create(Repository* repo, const std::string& name,
   std::string counter;
   PutFixed64(&counter, kCloneRootIno + 1);
   std::string counter_key;
-  PutBig64(&counter_key, info.id);
+  PutBigEndian64(&counter_key, info.id);
   counter_key = "c" + counter_key + "N";
   batch.Put(Cf::kOverlay, counter_key, counter);
   batch.Put(Cf::kMeta, key, info.ToJson().dump());
@@ -244,7 +235,7 @@ Status CloneFs::Drop(Repository* repo, const std::string& name) {
   batch.Delete(Cf::kMeta, std::string(kCloneKeyPrefix) + name);
   RETURN_IF_ERROR(repo->kv()->Write(batch, true));
   std::string prefix = "c";
-  PutBig64(&prefix, info.id);
+  PutBigEndian64(&prefix, info.id);
   auto it = repo->kv()->NewIterator(Cf::kOverlay);
   batch.Clear();
   for (it->Seek(prefix); it->Valid() && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
@@ -269,7 +260,7 @@ Result<std::shared_ptr<CloneFs>> CloneFs::Open(Repository* repo, const std::stri
   auto fs = std::shared_ptr<CloneFs>(new CloneFs(repo, info));
   std::string value;
   std::string key = "c";
-  PutBig64(&key, info.id);
+  PutBigEndian64(&key, info.id);
   key += "N";
   RETURN_IF_ERROR(repo->kv()->Get(Cf::kOverlay, key, &value).WithContext("clone inode counter"));
   Decoder d(value);
@@ -281,16 +272,16 @@ Result<std::shared_ptr<CloneFs>> CloneFs::Open(Repository* repo, const std::stri
 
 std::string CloneFs::InodeKey(CloneIno ino) const {
   std::string k = "c";
-  PutBig64(&k, info_.id);
+  PutBigEndian64(&k, info_.id);
   k.push_back('I');
-  PutBig64(&k, ino);
+  PutBigEndian64(&k, ino);
   return k;
 }
 std::string CloneFs::DentryPrefix(CloneIno dir) const {
   std::string k = "c";
-  PutBig64(&k, info_.id);
+  PutBigEndian64(&k, info_.id);
   k.push_back('D');
-  PutBig64(&k, dir);
+  PutBigEndian64(&k, dir);
   return k;
 }
 std::string CloneFs::DentryKey(CloneIno dir, const std::string& name) const {
@@ -298,14 +289,14 @@ std::string CloneFs::DentryKey(CloneIno dir, const std::string& name) const {
 }
 std::string CloneFs::ChunkPrefix(CloneIno ino) const {
   std::string k = "c";
-  PutBig64(&k, info_.id);
+  PutBigEndian64(&k, info_.id);
   k.push_back('C');
-  PutBig64(&k, ino);
+  PutBigEndian64(&k, ino);
   return k;
 }
 std::string CloneFs::ChunkKey(CloneIno ino, uint64_t index) const {
   std::string k = ChunkPrefix(ino);
-  PutBig64(&k, index);
+  PutBigEndian64(&k, index);
   return k;
 }
 
@@ -313,7 +304,7 @@ Result<CloneIno> CloneFs::NextIno(KvBatch* batch) {
   std::lock_guard<std::mutex> lock(ino_mu_);
   CloneIno ino = next_ino_++;
   std::string key = "c", value;
-  PutBig64(&key, info_.id);
+  PutBigEndian64(&key, info_.id);
   key += "N";
   PutFixed64(&value, next_ino_);
   batch->Put(Cf::kOverlay, key, value);
@@ -485,13 +476,13 @@ Status CloneFs::DeleteInodeData(const Inode& inode, KvBatch* batch) {
 
 std::string CloneFs::OrphanPrefix() const {
   std::string k = "c";
-  PutBig64(&k, info_.id);
+  PutBigEndian64(&k, info_.id);
   k.push_back('O');
   return k;
 }
 std::string CloneFs::OrphanKey(CloneIno ino) const {
   std::string k = OrphanPrefix();
-  PutBig64(&k, ino);
+  PutBigEndian64(&k, ino);
   return k;
 }
 
@@ -537,7 +528,7 @@ Status CloneFs::PurgeOrphans() {
   std::vector<CloneIno> found;
   auto it = repo_->kv()->NewIterator(Cf::kOverlay);
   for (it->Seek(prefix); it->Valid() && it->key().substr(0, prefix.size()) == prefix; it->Next()) {
-    found.push_back(GetBig64(it->key().substr(prefix.size())));
+    found.push_back(GetBigEndian(it->key().substr(prefix.size()), 8));
   }
   RETURN_IF_ERROR(it->status());
   for (CloneIno ino : found) {
@@ -747,7 +738,7 @@ Status CloneFs::ReadRange(const Inode& inode, uint64_t offset, uint64_t end, std
     for (it->Seek(ChunkKey(inode.ino, first)); it->Valid(); it->Next()) {
       std::string_view key = it->key();
       if (key.substr(0, prefix.size()) != prefix) break;
-      uint64_t index = GetBig64(key.substr(prefix.size()));
+      uint64_t index = GetBigEndian(key.substr(prefix.size()), 8);
       if (index > last) break;
       overrides[index - first].assign(it->value());
       overridden[index - first] = 1;
@@ -931,7 +922,7 @@ Result<FileData> CloneFs::SealFile(const Inode& file, ChunkWriter* writer) {
     std::optional<ChunkId> override_id;
     std::string_view override_value;
     while (it->Valid() && it->key().substr(0, prefix.size()) == prefix) {
-      uint64_t index = GetBig64(it->key().substr(prefix.size()));
+      uint64_t index = GetBigEndian(it->key().substr(prefix.size()), 8);
       if (index < i) {
         it->Next();
         continue;

@@ -1,4 +1,5 @@
-// Little-endian fixed-width and varint encoding helpers for the on-disk records (docs/FORMAT.md).
+// Little-endian fixed-width and varint encoding helpers for the on-disk records, and big-endian
+// ones for keys that must sort by number (docs/FORMAT.md).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,18 @@ inline void PutVarint64(std::string* dst, uint64_t v) {
     v >>= 7;
   }
   dst->push_back(static_cast<char>(v));
+}
+// Big-endian: `n` bytes, most significant first.
+inline void PutBigEndian(std::string* dst, uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; --i) dst->push_back(static_cast<char>(v >> (8 * i)));
+}
+inline void PutBigEndian32(std::string* dst, uint32_t v) { PutBigEndian(dst, v, 4); }
+inline void PutBigEndian64(std::string* dst, uint64_t v) { PutBigEndian(dst, v, 8); }
+// The first `n` bytes of `s` (which must hold them), big-endian.
+inline uint64_t GetBigEndian(std::string_view s, size_t n) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; ++i) v = v << 8 | static_cast<uint8_t>(s[i]);
+  return v;
 }
 inline void PutLengthPrefixed(std::string* dst, std::string_view s) {
   PutVarint64(dst, s.size());

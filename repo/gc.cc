@@ -170,7 +170,7 @@ Status CollectGarbage(Repository* repo, const GcOptions& options, GcReport* repo
   report->referenced_chunks = referenced.size();
 
   // Sweep.
-  report->size_before = repo->kv()->ApproximateSize(Cf::kChunks);
+  report->size_before = store->ApproximateBytes();
   std::vector<ChunkId> garbage;
   auto flush = [&]() -> Status {
     if (garbage.empty()) return Status::OK();
@@ -191,20 +191,23 @@ Status CollectGarbage(Repository* repo, const GcOptions& options, GcReport* repo
     report->stored_chunks++;
     ChunkId id = ChunkId::FromKey(it->key());
     if (Contains(referenced, id)) continue;
-    if (options.dry_run) report->deleted_bytes += it->value().size() + 16;
+    if (options.dry_run) report->deleted_bytes += ChunkStore::EntryBytes(it->value());
     garbage.push_back(id);
     if (garbage.size() >= 4096) RETURN_IF_ERROR(flush());
   }
   RETURN_IF_ERROR(it->status());
   RETURN_IF_ERROR(flush());
-  if (!options.dry_run && report->deleted_chunks > 0) {
+  ASSIGN_OR_RETURN(report->deleted_orphans,
+                   store->DeleteOrphans(options.dry_run, &report->deleted_bytes));
+  if (!options.dry_run && report->deleted_chunks + report->deleted_orphans > 0) {
     RETURN_IF_ERROR(repo->kv()->Sync());
     if (options.compact) {
       note("compact", 0);
       RETURN_IF_ERROR(repo->kv()->Compact(Cf::kChunks));
+      RETURN_IF_ERROR(repo->kv()->Compact(Cf::kChunkData));
     }
   }
-  report->size_after = repo->kv()->ApproximateSize(Cf::kChunks);
+  report->size_after = store->ApproximateBytes();
   return Status::OK();
 }
 

@@ -28,13 +28,14 @@ struct GcReport {
   uint64_t deleted_chunks = 0;     // unreferenced chunks deleted
   uint64_t deleted_bytes = 0;      // their encoded size, keys included
   uint64_t kept_protected = 0;     // unreferenced but reused by a writer meanwhile: kept
-  uint64_t size_before = 0;        // approximate bytes of the chunk column family
+  uint64_t deleted_orphans = 0;    // located chunk entries no chunk named (in deleted_bytes)
+  uint64_t size_before = 0;        // approximate bytes of the chunk column families
   uint64_t size_after = 0;         // ... after the sweep and compaction
 };
 
 struct GcOptions {
   bool dry_run = false;  // mark and count, delete nothing
-  bool compact = true;   // compact the chunk column family after deleting (frees disk now)
+  bool compact = true;   // compact the chunk column families after deleting (frees disk now)
 };
 
 // `progress(phase, done)`: phase is "waiting for writers", "mark", "sweep" or "compact".

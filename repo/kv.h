@@ -17,10 +17,11 @@ namespace pgbackfs {
 
 // Column families. The numbering is part of nothing on disk; RocksDB sees the names.
 enum class Cf : uint8_t {
-  kMeta = 0,  // repository metadata, snapshot records, clone records
-  kChunks,    // content-addressed chunks: XXH3-128 id -> encoded chunk
-  kWal,       // WAL archive: file name -> archived file record
-  kOverlay,   // clone overlays (copy-on-write data)
+  kMeta = 0,   // repository metadata, snapshot records, clone records
+  kChunks,     // content-addressed chunks: XXH3-128 id -> encoded chunk, or its location
+  kWal,        // WAL archive: file name -> archived file record
+  kOverlay,    // clone overlays (copy-on-write data)
+  kChunkData,  // located chunks (format >= 4): location -> id + encoded chunk, in write order
   kCount,
 };
 const char* CfName(Cf cf);
@@ -67,6 +68,8 @@ class KvIterator {
  public:
   virtual ~KvIterator() = default;
   virtual void Seek(std::string_view key) = 0;
+  // To the last key, if there is one.
+  virtual void SeekToLast() = 0;
   virtual bool Valid() const = 0;
   virtual void Next() = 0;
   virtual std::string_view key() const = 0;

@@ -1,4 +1,5 @@
 // In-memory KvStore for unit tests: same contract as RocksDB, no durability.
+#include <iterator>
 #include <map>
 #include <mutex>
 
@@ -14,6 +15,7 @@ class MemoryIterator : public KvIterator {
  public:
   explicit MemoryIterator(Table copy) : table_(std::move(copy)), it_(table_.begin()) {}
   void Seek(std::string_view key) override { it_ = table_.lower_bound(key); }
+  void SeekToLast() override { it_ = table_.empty() ? table_.end() : std::prev(table_.end()); }
   bool Valid() const override { return it_ != table_.end(); }
   void Next() override { ++it_; }
   std::string_view key() const override { return it_->first; }

@@ -46,6 +46,8 @@ const char* CfName(Cf cf) {
       return "wal";
     case Cf::kOverlay:
       return "overlay";
+    case Cf::kChunkData:
+      return "chunk_data";
     case Cf::kCount:
       break;
   }
@@ -264,6 +266,7 @@ class RocksIterator : public KvIterator {
       : store_(store), it_(std::move(it)), detached_(std::move(closed)) {}
   ~RocksIterator() override;
   void Seek(std::string_view key) override;
+  void SeekToLast() override;
   bool Valid() const override { return valid_; }
   void Next() override;
   std::string_view key() const override { return key_; }
@@ -349,7 +352,19 @@ class RocksStore : public KvStore {
     for (int i = 0; i < static_cast<int>(Cf::kCount); ++i) {
       Cf cf = static_cast<Cf>(i);
       rocksdb::ColumnFamilyOptions cfo;
-      if (cf == Cf::kChunks || cf == Cf::kWal || cf == Cf::kOverlay) {
+      if (cf == Cf::kChunkData) {
+        // Located chunks, keyed by a number that grows as they are written: a file's chunks are
+        // neighbours, and a cold sequential read of it reads adjacent blocks. Every lookup is
+        // of a key that exists (its location comes from `chunks`), so no Bloom filter.
+        cfo.compression = rocksdb::kNoCompression;
+        cfo.write_buffer_size = 64 << 20;
+        cfo.target_file_size_base = 64 << 20;
+        cfo.max_bytes_for_level_base = 512 << 20;
+        rocksdb::BlockBasedTableOptions t = point_lookup_options();
+        t.filter_policy.reset();
+        t.partition_filters = false;
+        cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
+      } else if (cf == Cf::kChunks || cf == Cf::kWal || cf == Cf::kOverlay) {
         // Values are already zstd-compressed chunks: compressing SST blocks again wastes CPU.
         cfo.compression = rocksdb::kNoCompression;
         cfo.write_buffer_size = 64 << 20;
@@ -842,6 +857,12 @@ RocksIterator::~RocksIterator() {
 void RocksIterator::Seek(std::string_view key) {
   std::shared_lock<std::shared_mutex> db(store_->db_mu_);
   if (it_) it_->Seek(rocksdb::Slice(key.data(), key.size()));
+  Moved();
+}
+
+void RocksIterator::SeekToLast() {
+  std::shared_lock<std::shared_mutex> db(store_->db_mu_);
+  if (it_) it_->SeekToLast();
   Moved();
 }
 

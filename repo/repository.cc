@@ -225,7 +225,8 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& path,
   }
   repo->chunks_ = std::make_unique<ChunkStore>(
       repo->kv_.get(), config.zstd_level(), options.chunk_cache_bytes,
-      /*train_dictionaries=*/config.format_version >= kFirstFormatWithZstdDictionaries);
+      /*train_dictionaries=*/config.format_version >= kFirstFormatWithZstdDictionaries,
+      /*located=*/config.format_version >= kFirstFormatWithLocatedChunks);
   repo->reader_ = SnapshotReader(repo->chunks_.get(), config.chunk_size);
   return repo;
 }

@@ -21,9 +21,12 @@ namespace pgbackfs {
 // repository is still read and written, without dictionaries, so older pgbackfs can read it.
 // 3: archived WAL files have chunks of their own size, kWalChunkSize (WAL record version 2,
 // docs/FORMAT.md, "WAL archive"). Older repositories go on getting version-1 records.
-constexpr int kFormatVersion = 3;
+// 4: new chunks are located: stored in `chunk_data` in the order they were written, `chunks`
+// naming where (docs/FORMAT.md, "chunks"). Older repositories go on storing chunks inline.
+constexpr int kFormatVersion = 4;
 constexpr int kFirstFormatWithZstdDictionaries = 2;
 constexpr int kFirstFormatWithWalChunkSize = 3;
+constexpr int kFirstFormatWithLocatedChunks = 4;
 
 struct RepoConfig {
   int format_version = kFormatVersion;

@@ -1,7 +1,9 @@
 #include "repo/verify.h"
 
 #include <mutex>
-#include <unordered_set>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "repo/wal_archive.h"
 #include "repo/wal_index.h"
@@ -28,35 +30,41 @@ class Verifier {
 
   // Pass 1 (all snapshots): reads and hashes every stored chunk once.
   Status ScanChunks(const std::function<void(const std::string&, uint64_t)>& progress) {
-    auto it = repo_->kv()->NewIterator(Cf::kChunks);
-    std::vector<std::pair<std::string, std::string>> batch;
+    ChunkStore* store = repo_->chunks();
+    struct Stored {
+      ChunkId id;
+      std::string bytes;
+    };
+    std::vector<Stored> batch;
     auto check_batch = [&] {
       std::vector<std::string> errors(batch.size());
-      repo_->chunks()->ParallelFor(batch.size(), [&](size_t i) {
+      store->ParallelFor(batch.size(), [&](size_t i) {
         std::string out;
-        if (batch[i].first.size() != 16) {
-          errors[i] = "bad chunk key length";
-          return;
-        }
-        Status s = repo_->chunks()->DecodeAndVerify(ChunkId::FromKey(batch[i].first),
-                                                    batch[i].second, &out);
+        Status s = store->DecodeAndVerify(batch[i].id, batch[i].bytes, &out);
         if (!s.ok()) errors[i] = s.message();
       });
       for (size_t i = 0; i < batch.size(); ++i) {
-        if (!errors[i].empty()) bad_.insert(ChunkId::FromKey(batch[i].first));
+        if (!errors[i].empty()) bad_.emplace(batch[i].id, errors[i]);
       }
       report_->stored_chunks_checked += batch.size();
       batch.clear();
       if (progress) progress("chunks", report_->stored_chunks_checked);
     };
-    for (it->Seek(""); it->Valid(); it->Next()) {
-      batch.emplace_back(std::string(it->key()), std::string(it->value()));
-      if (batch.size() == 1024) check_batch();
-    }
+    Status s = store->ForEachStored(
+        [&](const ChunkId& id, std::string_view stored, const Status& problem) {
+          if (!problem.ok()) {
+            bad_.emplace(id, problem.message());
+            report_->stored_chunks_checked++;
+            return;
+          }
+          batch.push_back({id, std::string(stored)});
+          if (batch.size() == 1024) check_batch();
+        },
+        &report_->orphan_chunks);
     check_batch();
-    if (!it->status().ok()) {
+    if (!s.ok()) {
       // A damaged store file: report it and let the tree walk name what it affects.
-      Problem("", "", 0, "chunk store scan stopped: " + it->status().message());
+      Problem("", "", 0, "chunk store scan stopped: " + s.message());
     }
     return Status::OK();
   }
@@ -94,7 +102,7 @@ class Verifier {
 
   Status CheckLeaf(const ChunkId& id, size_t size) {
     if (id.IsZero()) return Status::OK();
-    if (bad_.count(id)) return Status::Corruption("chunk " + id.Hex() + " does not match its hash");
+    if (auto bad = bad_.find(id); bad != bad_.end()) return Status::Corruption(bad->second);
     if (full_reads_) {
       std::string out;
       return repo_->chunks()->Get(id, size, &out);
@@ -122,7 +130,7 @@ class Verifier {
   VerifyReport* report_;
   bool full_reads_;
   std::mutex mu_;
-  std::unordered_set<ChunkId, ChunkIdHash> bad_;
+  std::unordered_map<ChunkId, std::string, ChunkIdHash> bad_;  // id -> what is wrong
 };
 
 }  // namespace

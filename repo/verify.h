@@ -20,10 +20,11 @@ struct VerifyProblem {
 struct VerifyReport {
   uint64_t snapshots = 0;
   uint64_t files = 0;
-  uint64_t stored_chunks_checked = 0;  // full scan of the chunk column family
-  uint64_t references_checked = 0;     // leaf references followed in snapshot trees
-  uint64_t bytes_checked = 0;          // logical bytes covered
-  uint64_t wal_files = 0;              // archived WAL files checked (whole-repository runs)
+  uint64_t stored_chunks_checked = 0;  // full scan of the chunk column families
+  uint64_t orphan_chunks = 0;  // located chunk entries no chunk names (harmless; gc deletes them)
+  uint64_t references_checked = 0;  // leaf references followed in snapshot trees
+  uint64_t bytes_checked = 0;       // logical bytes covered
+  uint64_t wal_files = 0;           // archived WAL files checked (whole-repository runs)
   uint64_t wal_files_indexed =
       0;  // WAL files the WAL index lacked (archived, or in a backup's pg_wal/), indexed now
   std::vector<VerifyProblem> problems;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "repo/coding.h"
 #include "repo/repository.h"
 
 namespace pgbackfs {
@@ -18,53 +19,42 @@ constexpr std::string_view kHistoryPrefix = "walidx/hist/";
 // Pieces a stored file is read in: big enough that the parser reads whole pages in place.
 constexpr uint64_t kReadPiece = 1 << 20;
 
-void PutBE32(std::string* dst, uint32_t v) {
-  for (int i = 3; i >= 0; --i) dst->push_back(static_cast<char>(v >> (8 * i)));
-}
-void PutBE64(std::string* dst, uint64_t v) {
-  for (int i = 7; i >= 0; --i) dst->push_back(static_cast<char>(v >> (8 * i)));
-}
-uint64_t GetBE(std::string_view s, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; ++i) v = v << 8 | static_cast<uint8_t>(s[i]);
-  return v;
-}
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && s.substr(0, prefix.size()) == prefix;
 }
 
 std::string ContKey(uint32_t tli, uint64_t resume_lsn) {
   std::string k(kContPrefix);
-  PutBE32(&k, tli);
-  PutBE64(&k, resume_lsn);
+  PutBigEndian32(&k, tli);
+  PutBigEndian64(&k, resume_lsn);
   return k;
 }
 std::string XidKey(uint32_t xid, uint32_t tli, uint64_t lsn) {
   std::string k(kXidPrefix);
-  PutBE32(&k, xid);
-  PutBE32(&k, tli);
-  PutBE64(&k, lsn);
+  PutBigEndian32(&k, xid);
+  PutBigEndian32(&k, tli);
+  PutBigEndian64(&k, lsn);
   return k;
 }
 std::string RestorePointKey(const std::string& name, uint32_t tli, uint64_t lsn) {
   std::string k(kRestorePointPrefix);
   k += name;
   k.push_back('\0');
-  PutBE32(&k, tli);
-  PutBE64(&k, lsn);
+  PutBigEndian32(&k, tli);
+  PutBigEndian64(&k, lsn);
   return k;
 }
 std::string HistoryKey(uint32_t tli) {
   std::string k(kHistoryPrefix);
-  PutBE32(&k, tli);
+  PutBigEndian32(&k, tli);
   return k;
 }
 bool DecodeSegmentKey(std::string_view key, WalSegmentName* name) {
   if (!StartsWith(key, kSegPrefix) || key.size() != kSegPrefix.size() + 12) return false;
   key.remove_prefix(kSegPrefix.size());
-  name->tli = static_cast<uint32_t>(GetBE(key, 4));
-  name->log = static_cast<uint32_t>(GetBE(key.substr(4), 4));
-  name->seg = static_cast<uint32_t>(GetBE(key.substr(8), 4));
+  name->tli = static_cast<uint32_t>(GetBigEndian(key, 4));
+  name->log = static_cast<uint32_t>(GetBigEndian(key.substr(4), 4));
+  name->seg = static_cast<uint32_t>(GetBigEndian(key.substr(8), 4));
   return true;
 }
 
@@ -85,16 +75,16 @@ auto Rank(const WalSegmentRecord& r) {
 
 std::string WalSegmentKey(const WalSegmentName& name) {
   std::string k(kSegPrefix);
-  PutBE32(&k, name.tli);
-  PutBE32(&k, name.log);
-  PutBE32(&k, name.seg);
+  PutBigEndian32(&k, name.tli);
+  PutBigEndian32(&k, name.log);
+  PutBigEndian32(&k, name.seg);
   return k;
 }
 
 std::string WalEventKey(uint32_t tli, uint64_t lsn) {
   std::string k(kEventPrefix);
-  PutBE32(&k, tli);
-  PutBE64(&k, lsn);
+  PutBigEndian32(&k, tli);
+  PutBigEndian64(&k, lsn);
   return k;
 }
 
@@ -532,14 +522,14 @@ Result<std::optional<WalEvent>> WalIndex::GetEvent(uint32_t tli, uint64_t lsn) {
 
 Result<std::vector<WalEvent>> WalIndex::FindXid(uint32_t xid) {
   std::string prefix(kXidPrefix);
-  PutBE32(&prefix, xid);
+  PutBigEndian32(&prefix, xid);
   std::vector<WalEvent> out;
   auto it = kv_->NewIterator(Cf::kMeta);
   for (it->Seek(prefix); it->Valid() && StartsWith(it->key(), prefix); it->Next()) {
     std::string_view rest = it->key().substr(prefix.size());
     if (rest.size() != 12) return Status::Corruption("bad WAL index xid key");
-    uint32_t tli = static_cast<uint32_t>(GetBE(rest, 4));
-    uint64_t lsn = GetBE(rest.substr(4), 8);
+    uint32_t tli = static_cast<uint32_t>(GetBigEndian(rest, 4));
+    uint64_t lsn = GetBigEndian(rest.substr(4), 8);
     ASSIGN_OR_RETURN(auto e, GetEvent(tli, lsn));
     if (!e)
       return Status::Corruption("WAL index: xid " + std::to_string(xid) + " points to " +
@@ -560,8 +550,8 @@ Result<std::vector<WalEvent>> WalIndex::FindRestorePoints(const std::string& nam
   for (it->Seek(prefix); it->Valid() && StartsWith(it->key(), prefix); it->Next()) {
     std::string_view rest = it->key().substr(prefix.size());
     if (rest.size() != 12) continue;  // a longer name that merely starts with `name` and a NUL
-    uint32_t tli = static_cast<uint32_t>(GetBE(rest, 4));
-    uint64_t lsn = GetBE(rest.substr(4), 8);
+    uint32_t tli = static_cast<uint32_t>(GetBigEndian(rest, 4));
+    uint64_t lsn = GetBigEndian(rest.substr(4), 8);
     ASSIGN_OR_RETURN(auto e, GetEvent(tli, lsn));
     if (!e)
       return Status::Corruption("WAL index: restore point '" + name + "' points to " +
@@ -625,13 +615,13 @@ Status WalIndex::ForEachSegment(const std::function<Status(const WalSegmentRecor
 Status WalIndex::ForEachEvent(uint32_t tli, uint64_t from_lsn, uint64_t to_lsn,
                               const std::function<Status(const WalEvent&)>& fn) {
   std::string prefix(kEventPrefix);
-  PutBE32(&prefix, tli);
+  PutBigEndian32(&prefix, tli);
   auto it = kv_->NewIterator(Cf::kMeta);
   for (it->Seek(WalEventKey(tli, from_lsn)); it->Valid() && StartsWith(it->key(), prefix);
        it->Next()) {
     std::string_view rest = it->key().substr(prefix.size());
     if (rest.size() != 8) return Status::Corruption("bad WAL index event key");
-    uint64_t lsn = GetBE(rest, 8);
+    uint64_t lsn = GetBigEndian(rest, 8);
     if (lsn >= to_lsn) break;
     WalEvent e;
     Decoder d(it->value());
@@ -768,7 +758,7 @@ Result<std::optional<uint64_t>> WalIndex::FirstSegmentFrom(const std::vector<Tim
   auto it = kv_->NewIterator(Cf::kMeta);
   for (const TimelineSpan& span : path) {
     std::string prefix(kSegPrefix);
-    PutBE32(&prefix, span.tli);
+    PutBigEndian32(&prefix, span.tli);
     it->Seek(WalSegmentKey(WalSegmentName::FromSegNo(span.tli, segno, seg_size)));
     RETURN_IF_ERROR(it->status());
     WalSegmentName name;

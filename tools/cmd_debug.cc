@@ -29,12 +29,10 @@ void AddDebugCommands(CLI::App* app, CliContext* ctx) {
     if (!id.ok()) return ctx->Fail(id.status());
     if (id->IsZero()) return ctx->Fail(Status::InvalidArgument("that chunk is all zeros"));
     std::string stored;
-    Status s = repo->kv()->Get(Cf::kChunks, id->AsKey(), &stored);
+    Status s = repo->chunks()->GetStored(*id, &stored);
     if (!s.ok()) return ctx->Fail(s);
     stored[stored.size() / 2] ^= 0x20;
-    KvBatch batch;
-    batch.Put(Cf::kChunks, id->AsKey(), stored);
-    s = repo->kv()->Write(batch, true);
+    s = repo->chunks()->ReplaceStored(*id, stored);
     if (!s.ok()) return ctx->Fail(s);
     fprintf(ctx->io->out, "corrupted chunk %s\n", id->Hex().c_str());
   });

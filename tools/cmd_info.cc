@@ -81,7 +81,7 @@ void AddInfoCommand(CLI::App* app, CliContext* ctx) {
     uint64_t logical = 0;
     for (const auto& s : *snaps) logical += s.logical_size;
     uint64_t disk = DiskUsage(repo->path() + "/db");
-    uint64_t chunks = repo->kv()->ApproximateSize(Cf::kChunks);
+    uint64_t chunks = repo->chunks()->ApproximateBytes();
     double ratio = disk ? static_cast<double>(logical) / static_cast<double>(disk) : 0;
     const RepoConfig& c = repo->config();
     std::map<uint32_t, WalTimeline> timelines;

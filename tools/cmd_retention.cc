@@ -135,6 +135,7 @@ void AddRetentionCommands(CLI::App* app, CliContext* ctx) {
                           {"deleted_chunks", report.deleted_chunks},
                           {"deleted_bytes", report.deleted_bytes},
                           {"kept_in_use_by_writers", report.kept_protected},
+                          {"deleted_orphans", report.deleted_orphans},
                           {"chunk_store_bytes_before", report.size_before},
                           {"chunk_store_bytes_after", report.size_after}};
       fprintf(ctx->io->out, "%s\n", j.dump(2).c_str());
@@ -158,6 +159,11 @@ void AddRetentionCommands(CLI::App* app, CliContext* ctx) {
     if (report.kept_protected) {
       fprintf(ctx->io->out, "; %llu kept because a running writer reused them",
               static_cast<unsigned long long>(report.kept_protected));
+    }
+    if (report.deleted_orphans) {
+      fprintf(ctx->io->out, "; %s %llu orphaned chunk entries",
+              g->dry_run ? "would delete" : "deleted",
+              static_cast<unsigned long long>(report.deleted_orphans));
     }
     fprintf(ctx->io->out, "\n");
   });

@@ -31,6 +31,7 @@ void AddVerifyCommand(CLI::App* app, CliContext* ctx) {
                           {"snapshots", report.snapshots},
                           {"files", report.files},
                           {"stored_chunks_checked", report.stored_chunks_checked},
+                          {"orphan_chunks", report.orphan_chunks},
                           {"references_checked", report.references_checked},
                           {"bytes_checked", report.bytes_checked},
                           {"wal_files", report.wal_files},
@@ -58,6 +59,12 @@ void AddVerifyCommand(CLI::App* app, CliContext* ctx) {
               static_cast<unsigned long long>(report.stored_chunks_checked),
               static_cast<unsigned long long>(report.references_checked),
               report.ok() ? "ok" : (std::to_string(report.problems.size()) + " problems").c_str());
+    }
+    if (report.orphan_chunks && !args->json) {
+      fprintf(ctx->io->out,
+              "note: %llu stored chunk entries belong to no chunk (a chunk two writers stored at "
+              "once); harmless, and gc deletes them\n",
+              static_cast<unsigned long long>(report.orphan_chunks));
     }
     if (!report.ok()) ctx->exit_code = 1;
   });

@@ -120,11 +120,9 @@ TEST_P(RestoreVerifyTest, VerifyFindsDamageAndRestoreRefusesIt) {
   auto id = repo_->reader()->OpenFile(*entry)->Leaf(600);
   ASSERT_TRUE(id.ok());
   std::string stored;
-  ASSERT_TRUE(repo_->kv()->Get(Cf::kChunks, id->AsKey(), &stored).ok());
+  ASSERT_TRUE(repo_->chunks()->GetStored(*id, &stored).ok());
   stored[stored.size() / 2] ^= 1;
-  KvBatch batch;
-  batch.Put(Cf::kChunks, id->AsKey(), stored);
-  ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
+  ASSERT_TRUE(repo_->chunks()->ReplaceStored(*id, stored).ok());
 
   for (std::string which : {std::string(), snap.id}) {
     VerifyReport report;
@@ -141,7 +139,7 @@ TEST_P(RestoreVerifyTest, VerifyFindsDamageAndRestoreRefusesIt) {
   EXPECT_NE(s.message().find("base/1/big"), std::string::npos) << s.message();
 
   // A missing chunk is named too.
-  batch.Clear();
+  KvBatch batch;
   batch.Delete(Cf::kChunks, id->AsKey());
   ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
   VerifyReport missing;

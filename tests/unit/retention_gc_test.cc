@@ -68,12 +68,13 @@ class RetentionGcTest : public RepoTest {
     Status s = (*w)->Commit();
     ASSERT_TRUE(s.ok()) << s.ToString();
   }
-  uint64_t StoredChunks() {
+  uint64_t Entries(Cf cf) {
     uint64_t n = 0;
-    auto it = repo_->kv()->NewIterator(Cf::kChunks);
+    auto it = repo_->kv()->NewIterator(cf);
     for (it->Seek(""); it->Valid(); it->Next()) n++;
     return n;
   }
+  uint64_t StoredChunks() { return Entries(Cf::kChunks); }
   // Verify finds no damage. The synthetic segments are random after their header, which
   // verify rightly reports as WAL it cannot parse: that is not damage.
   void ExpectVerifies() {
@@ -202,13 +203,25 @@ TEST_P(RetentionGcTest, GcFreesExactlyTheUnreferencedChunks) {
     ASSERT_TRUE(w.Add(RandomBytes(8192, 99)).ok());
     ASSERT_TRUE(w.Flush(true).ok());
   }
+  // Two writers that stored the same new chunk at once: the location entry of the last one
+  // wins, and the other's located data is named by no chunk.
+  {
+    ChunkWriter w1(repo_->chunks()), w2(repo_->chunks());
+    ASSERT_TRUE(w1.Add(RandomBytes(8192, 98)).ok());
+    ASSERT_TRUE(w2.Add(RandomBytes(8192, 98)).ok());
+    ASSERT_TRUE(w1.Flush(false).ok());
+    ASSERT_TRUE(w2.Flush(true).ok());
+  }
   const uint64_t before = StoredChunks();
+  ASSERT_EQ(Entries(Cf::kChunkData), before + 1);
   GcReport report;
   GcOptions dry;
   dry.dry_run = true;
   ASSERT_TRUE(CollectGarbage(repo_.get(), dry, &report).ok());
-  EXPECT_EQ(report.deleted_chunks, 1u);
+  EXPECT_EQ(report.deleted_chunks, 2u);
+  EXPECT_EQ(report.deleted_orphans, 1u);
   EXPECT_EQ(StoredChunks(), before);
+  EXPECT_EQ(Entries(Cf::kChunkData), before + 1);
 
   // Remove `a`: the orphan, its own chunks (own: 20 leaves + an index block; big: 600 leaves + 2
   // index blocks + a root block) and its 3 listings go; the shared file and `b` stay.
@@ -220,8 +233,10 @@ TEST_P(RetentionGcTest, GcFreesExactlyTheUnreferencedChunks) {
   report = GcReport();
   ASSERT_TRUE(CollectGarbage(repo_.get(), {}, &report).ok());
   EXPECT_EQ(report.snapshots, 1u);
-  EXPECT_EQ(report.deleted_chunks, 1u + (20 + 1) + (600 + 2 + 1) + 3);
+  EXPECT_EQ(report.deleted_chunks, 2u + (20 + 1) + (600 + 2 + 1) + 3);
+  EXPECT_EQ(report.deleted_orphans, 1u);
   EXPECT_EQ(StoredChunks(), before - report.deleted_chunks);
+  EXPECT_EQ(Entries(Cf::kChunkData), StoredChunks());  // each chunk's data went with it
   EXPECT_EQ(ReadFile(b, "base/1/big"), RandomBytes(8192 * 600, 1002));
   EXPECT_EQ(ReadFile(b, "base/1/shared"), RandomBytes(8192 * 40, 7));
   ExpectVerifies();
