@@ -428,7 +428,7 @@ class RocksStore : public KvStore {
     std::unique_ptr<rocksdb::Iterator> it;
     if (db_) {
       rocksdb::ReadOptions ro;
-      ro.fill_cache = cf != Cf::kChunks;
+      ro.fill_cache = cf != Cf::kChunks && cf != Cf::kChunkData;
       it.reset(db_->NewIterator(ro, handle(cf)));
     }
     auto iterator = std::make_unique<RocksIterator>(this, std::move(it), closed_);
