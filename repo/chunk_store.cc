@@ -433,11 +433,11 @@ Status ChunkStore::GetStored(const ChunkId& id, std::string* stored) {
   uint32_t bytes;
   if (!ParseLocated(*stored, &location, &bytes)) return DamagedLocation(id);
   s = kv_->Get(Cf::kChunkData, LocationKey(location), stored);
-  const std::string where = "chunk " + id.Hex() + " at location " + std::to_string(location);
-  if (s.IsNotFound()) return Status::Corruption(where + " is missing");
-  RETURN_IF_ERROR(s.WithContext(where));
+  auto where = [&] { return "chunk " + id.Hex() + " at location " + std::to_string(location); };
+  if (s.IsNotFound()) return Status::Corruption(where() + " is missing");
+  if (!s.ok()) return s.WithContext(where());
   if (stored->size() != kIdBytes + bytes || stored->compare(0, kIdBytes, id.AsKey()) != 0) {
-    return Status::Corruption(where + ": the location holds something else");
+    return Status::Corruption(where() + ": the location holds something else");
   }
   stored->erase(0, kIdBytes);
   return Status::OK();
