@@ -365,10 +365,12 @@ TEST_P(ChunkStoreTest, LocationsGoOnAfterReopen) {
   if (GetParam()) GTEST_SKIP() << "the memory store does not persist";
   std::vector<ChunkId> ids;
   for (uint32_t round = 0; round < 3; ++round) {
-    ChunkWriter writer(repo_->chunks());
-    std::vector<ChunkId> more = AddPages(&writer, round * 16, round * 16 + 16);
-    ids.insert(ids.end(), more.begin(), more.end());
-    ASSERT_TRUE(writer.Flush(true).ok());
+    {
+      ChunkWriter writer(repo_->chunks());  // gone before the store it writes to
+      std::vector<ChunkId> more = AddPages(&writer, round * 16, round * 16 + 16);
+      ids.insert(ids.end(), more.begin(), more.end());
+      ASSERT_TRUE(writer.Flush(true).ok());
+    }
     Reopen();
   }
   uint64_t entries = 0;
