@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <list>
+#include <optional>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -55,20 +56,25 @@ bool IsLocated(std::string_view value) {
   return !value.empty() && static_cast<uint8_t>(value[0]) == kLocatedTag;
 }
 
-// False when a located value is damaged.
-bool ParseLocated(std::string_view value, uint64_t* location, uint32_t* stored_bytes) {
-  if (value.size() != kLocatedValueBytes) return false;
-  *location = GetBigEndian(value.substr(1), 8);
+struct Located {
+  uint64_t location;
+  uint32_t bytes;  // of the encoded chunk
+};
+
+// The location entry `value` holds; nullopt when it holds none, or a damaged one (IsLocated
+// tells which).
+std::optional<Located> ParseLocated(std::string_view value) {
+  if (!IsLocated(value) || value.size() != kLocatedValueBytes) return std::nullopt;
+  Located l{GetBigEndian(value.substr(1), 8), 0};
   Decoder d(value.substr(9));
-  return d.GetFixed32(stored_bytes);
+  if (!d.GetFixed32(&l.bytes)) return std::nullopt;
+  return l;
 }
 
 // True if `value` (a `chunks` value) names `location_key`.
 bool NamesLocation(std::string_view value, std::string_view location_key) {
-  uint64_t location;
-  uint32_t bytes;
-  return IsLocated(value) && ParseLocated(value, &location, &bytes) &&
-         LocationKey(location) == location_key;
+  std::optional<Located> l = ParseLocated(value);
+  return l && LocationKey(l->location) == location_key;
 }
 
 Status DamagedLocation(const ChunkId& id) {
@@ -429,14 +435,13 @@ Status ChunkStore::GetStored(const ChunkId& id, std::string* stored) {
   if (s.IsNotFound()) return Status::NotFound("chunk " + id.Hex() + " is missing");
   RETURN_IF_ERROR(s);
   if (!IsLocated(*stored)) return Status::OK();
-  uint64_t location;
-  uint32_t bytes;
-  if (!ParseLocated(*stored, &location, &bytes)) return DamagedLocation(id);
-  s = kv_->Get(Cf::kChunkData, LocationKey(location), stored);
-  auto where = [&] { return "chunk " + id.Hex() + " at location " + std::to_string(location); };
+  std::optional<Located> l = ParseLocated(*stored);
+  if (!l) return DamagedLocation(id);
+  s = kv_->Get(Cf::kChunkData, LocationKey(l->location), stored);
+  auto where = [&] { return "chunk " + id.Hex() + " at location " + std::to_string(l->location); };
   if (s.IsNotFound()) return Status::Corruption(where() + " is missing");
   if (!s.ok()) return s.WithContext(where());
-  if (stored->size() != kIdBytes + bytes || stored->compare(0, kIdBytes, id.AsKey()) != 0) {
+  if (stored->size() != kIdBytes + l->bytes || stored->compare(0, kIdBytes, id.AsKey()) != 0) {
     return Status::Corruption(where() + ": the location holds something else");
   }
   stored->erase(0, kIdBytes);
@@ -452,13 +457,13 @@ Status ChunkStore::ReplaceStored(const ChunkId& id, std::string_view stored) {
   if (!IsLocated(value)) {
     batch.Put(Cf::kChunks, id.AsKey(), stored);
   } else {
-    uint64_t location;
-    uint32_t bytes;
-    if (!ParseLocated(value, &location, &bytes)) return DamagedLocation(id);
-    if (stored.size() != bytes) {
+    std::optional<Located> l = ParseLocated(value);
+    if (!l) return DamagedLocation(id);
+    if (stored.size() != l->bytes) {
       return Status::InvalidArgument("a replacement must have the stored chunk's size");
     }
-    batch.Put(Cf::kChunkData, LocationKey(location), std::string(id.AsKey()) + std::string(stored));
+    batch.Put(Cf::kChunkData, LocationKey(l->location),
+              std::string(id.AsKey()) + std::string(stored));
   }
   return kv_->Write(batch, /*sync=*/true);
 }
@@ -483,10 +488,8 @@ Result<uint64_t> ChunkStore::AllocateLocations(uint64_t n) {
 }
 
 uint64_t ChunkStore::EntryBytes(std::string_view chunks_value) {
-  uint64_t location;
-  uint32_t bytes;
-  if (IsLocated(chunks_value) && ParseLocated(chunks_value, &location, &bytes)) {
-    return kIdBytes + chunks_value.size() + 8 + kIdBytes + bytes;
+  if (std::optional<Located> l = ParseLocated(chunks_value)) {
+    return kIdBytes + chunks_value.size() + 8 + kIdBytes + l->bytes;
   }
   return kIdBytes + chunks_value.size();
 }
@@ -634,10 +637,8 @@ Result<uint64_t> ChunkStore::DeleteUnprotected(const std::vector<ChunkId>& ids, 
     RETURN_IF_ERROR(s);
     *bytes += EntryBytes(value);
     batch.Delete(Cf::kChunks, id.AsKey());
-    uint64_t location;
-    uint32_t size;
-    if (IsLocated(value) && ParseLocated(value, &location, &size)) {
-      batch.Delete(Cf::kChunkData, LocationKey(location));
+    if (std::optional<Located> l = ParseLocated(value)) {
+      batch.Delete(Cf::kChunkData, LocationKey(l->location));
     }
     deleted++;
   }
