@@ -352,30 +352,27 @@ class RocksStore : public KvStore {
     for (int i = 0; i < static_cast<int>(Cf::kCount); ++i) {
       Cf cf = static_cast<Cf>(i);
       rocksdb::ColumnFamilyOptions cfo;
-      if (cf == Cf::kChunkData) {
-        // Located chunks, keyed by a number that grows as they are written: a file's chunks are
-        // neighbours, and a cold sequential read of it reads adjacent blocks. Every lookup is
-        // of a key that exists (its location comes from `chunks`), so no Bloom filter.
-        cfo.compression = rocksdb::kNoCompression;
-        cfo.write_buffer_size = 64 << 20;
-        cfo.target_file_size_base = 64 << 20;
-        cfo.max_bytes_for_level_base = 512 << 20;
-        rocksdb::BlockBasedTableOptions t = point_lookup_options();
-        t.filter_policy.reset();
-        t.partition_filters = false;
-        cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
-      } else if (cf == Cf::kChunks || cf == Cf::kWal || cf == Cf::kOverlay) {
+      if (cf == Cf::kChunks || cf == Cf::kWal || cf == Cf::kOverlay || cf == Cf::kChunkData) {
         // Values are already zstd-compressed chunks: compressing SST blocks again wastes CPU.
         cfo.compression = rocksdb::kNoCompression;
         cfo.write_buffer_size = 64 << 20;
         cfo.target_file_size_base = 64 << 20;
         cfo.max_bytes_for_level_base = 512 << 20;
-        cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(
-            cf == Cf::kWal ? table_options(32 << 10) : point_lookup_options()));
-        // Most lookups during a backup ask for chunks that are not stored yet: a memtable bloom
-        // filter answers those without walking the skip list.
-        cfo.memtable_whole_key_filtering = true;
-        cfo.memtable_prefix_bloom_size_ratio = 0.05;
+        rocksdb::BlockBasedTableOptions t =
+            cf == Cf::kWal ? table_options(32 << 10) : point_lookup_options();
+        if (cf == Cf::kChunkData) {
+          // Located chunks, keyed by a number that grows as they are written: a file's chunks
+          // are neighbours, and a cold sequential read of it reads adjacent blocks. Every lookup
+          // is of a key that exists (its location comes from `chunks`): no Bloom filters.
+          t.filter_policy.reset();
+          t.partition_filters = false;
+        } else {
+          // Most lookups during a backup ask for chunks that are not stored yet: a memtable
+          // bloom filter answers those without walking the skip list.
+          cfo.memtable_whole_key_filtering = true;
+          cfo.memtable_prefix_bloom_size_ratio = 0.05;
+        }
+        cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(t));
       } else {
         cfo.compression = rocksdb::kZSTD;
         cfo.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options(4 << 10)));
