@@ -81,6 +81,18 @@ Status DamagedLocation(const ChunkId& id) {
   return Status::Corruption("chunk " + id.Hex() + " has a damaged location entry");
 }
 
+std::string WhereLocated(const ChunkId& id, const Located& l) {
+  return "chunk " + id.Hex() + " at location " + std::to_string(l.location);
+}
+
+// OK if `data`, the `chunk_data` value at l's location, is chunk `id`'s (its id and l's size).
+Status CheckLocatedData(const ChunkId& id, const Located& l, std::string_view data) {
+  if (data.size() != kIdBytes + l.bytes || data.substr(0, kIdBytes) != id.AsKey()) {
+    return Status::Corruption(WhereLocated(id, l) + ": the location holds something else");
+  }
+  return Status::OK();
+}
+
 // One zstd context per thread: creating one per 8 KiB chunk costs more than compressing it.
 struct ZstdContexts {
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
@@ -253,12 +265,17 @@ class ChunkStore::Pool {
   bool stop_ = false;
 };
 
+namespace {
+std::atomic<uint64_t> next_store_serial{0};
+}  // namespace
+
 ChunkStore::ChunkStore(KvStore* kv, int zstd_level, size_t cache_bytes, bool train_dictionaries,
                        bool located)
     : kv_(kv),
       zstd_level_(zstd_level),
       train_dictionaries_(train_dictionaries),
       located_(located),
+      serial_(next_store_serial.fetch_add(1) + 1),
       cache_(std::make_unique<ChunkCache>(cache_bytes)),
       pool_(std::make_unique<Pool>(
           std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1))) {}
@@ -344,7 +361,7 @@ Status ChunkStore::Decode(const ChunkId& id, std::string_view stored, std::strin
   if (codec != kCodecZstd && codec != kCodecZstdDict) {
     return Status::Corruption("chunk " + id.Hex() + " has unknown codec " + std::to_string(codec));
   }
-  std::shared_ptr<const ZstdDictionary> dict;
+  const ZstdDictionary* dict = nullptr;
   if (codec == kCodecZstdDict) {
     Decoder d(payload);
     uint32_t dict_id;
@@ -352,13 +369,24 @@ Status ChunkStore::Decode(const ChunkId& id, std::string_view stored, std::strin
       return Status::Corruption("chunk " + id.Hex() + " is truncated");
     }
     payload = payload.substr(4);
-    Result<std::shared_ptr<const ZstdDictionary>> r = GetDictionary(dict_id);
-    if (!r.ok()) {
-      Status s = r.status();
-      return (s.IsNotFound() ? Status::Corruption(s.message()) : s)
-          .WithContext("chunk " + id.Hex() + " uses zstd dictionary " + std::to_string(dict_id));
+    // Each thread keeps the dictionary it used last (a reference): consecutive chunks mostly use
+    // the same one, and GetDictionary's shared state (an atomic shared_ptr, reference counts)
+    // is contended when many threads decode at once.
+    struct LastDictionary {
+      uint64_t store = 0;
+      std::shared_ptr<const ZstdDictionary> dict;
+    };
+    thread_local LastDictionary last;
+    if (last.store != serial_ || !last.dict || last.dict->id() != dict_id) {
+      Result<std::shared_ptr<const ZstdDictionary>> r = GetDictionary(dict_id);
+      if (!r.ok()) {
+        Status s = r.status();
+        return (s.IsNotFound() ? Status::Corruption(s.message()) : s)
+            .WithContext("chunk " + id.Hex() + " uses zstd dictionary " + std::to_string(dict_id));
+      }
+      last = {serial_, std::move(r).value()};
     }
-    dict = std::move(r).value();
+    dict = last.dict.get();
   }
   unsigned long long n = ZSTD_getFrameContentSize(payload.data(), payload.size());
   if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN || n > kMaxChunkBytes) {
@@ -438,14 +466,103 @@ Status ChunkStore::GetStored(const ChunkId& id, std::string* stored) {
   std::optional<Located> l = ParseLocated(*stored);
   if (!l) return DamagedLocation(id);
   s = kv_->Get(Cf::kChunkData, LocationKey(l->location), stored);
-  auto where = [&] { return "chunk " + id.Hex() + " at location " + std::to_string(l->location); };
-  if (s.IsNotFound()) return Status::Corruption(where() + " is missing");
-  if (!s.ok()) return s.WithContext(where());
-  if (stored->size() != kIdBytes + l->bytes || stored->compare(0, kIdBytes, id.AsKey()) != 0) {
-    return Status::Corruption(where() + ": the location holds something else");
-  }
+  if (s.IsNotFound()) return Status::Corruption(WhereLocated(id, *l) + " is missing");
+  if (!s.ok()) return s.WithContext(WhereLocated(id, *l));
+  RETURN_IF_ERROR(CheckLocatedData(id, *l, *stored));
   stored->erase(0, kIdBytes);
   return Status::OK();
+}
+
+void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors) {
+  errors->assign(reads.size(), Status::OK());
+  // The stored chunks' `chunks` entries, in one batch.
+  std::vector<size_t> wanted;  // indexes into `reads`
+  std::vector<std::string_view> keys;
+  for (size_t i = 0; i < reads.size(); ++i) {
+    if (reads[i].id.IsZero()) {
+      std::memset(reads[i].dst, 0, reads[i].size);
+    } else {
+      wanted.push_back(i);
+      keys.push_back(reads[i].id.AsKey());
+    }
+  }
+  std::vector<std::string> stored;
+  std::vector<Status> got;
+  kv_->MultiGet(Cf::kChunks, keys, &stored, &got);
+  struct Pending {
+    Located at;
+    size_t k;  // index into `wanted`
+  };
+  std::vector<Pending> located;
+  for (size_t k = 0; k < wanted.size(); ++k) {
+    const ChunkId& id = reads[wanted[k]].id;
+    Status& error = (*errors)[wanted[k]];
+    if (got[k].IsNotFound()) {
+      error = Status::NotFound("chunk " + id.Hex() + " is missing");
+    } else if (!got[k].ok()) {
+      error = got[k];
+    } else if (IsLocated(stored[k])) {
+      std::optional<Located> l = ParseLocated(stored[k]);
+      if (l) {
+        located.push_back({*l, k});
+      } else {
+        error = DamagedLocation(id);
+      }
+    }
+  }
+  // Located chunks in location order, in one pass of an iterator: the chunks of a file written
+  // together are neighbours in `chunk_data`, which RocksDB then reads with a few large reads
+  // (its iterators read ahead), not one small random read each. A short gap (chunks of other
+  // files, or ones this read does not need) is stepped over rather than sought past.
+  constexpr uint64_t kMaxStep = 16;
+  std::sort(located.begin(), located.end(),
+            [](const Pending& a, const Pending& b) { return a.at.location < b.at.location; });
+  // Their encoded forms go to one buffer per thread, reused: no allocation per chunk.
+  thread_local std::string arena;
+  arena.clear();
+  std::vector<std::pair<size_t, size_t>> in_arena(wanted.size());  // offset, size: located ones
+  std::unique_ptr<KvIterator> it;
+  for (const Pending& p : located) {
+    const ChunkId& id = reads[wanted[p.k]].id;
+    Status& error = (*errors)[wanted[p.k]];
+    const std::string key = LocationKey(p.at.location);
+    if (!it) {
+      it = kv_->NewIterator(Cf::kChunkData);
+      it->Seek(key);
+    } else {
+      for (uint64_t steps = 0; it->Valid() && it->key() < key && steps < kMaxStep; ++steps) {
+        it->Next();
+      }
+      if (!it->Valid() || it->key() < key) it->Seek(key);
+    }
+    if (!it->Valid() || it->key() != key) {
+      Status s = it->status();
+      error = s.ok() ? Status::Corruption(WhereLocated(id, p.at) + " is missing")
+                     : s.WithContext(WhereLocated(id, p.at));
+      it.reset();  // a new one for the next chunk: this one may have ended on an error
+      continue;
+    }
+    error = CheckLocatedData(id, p.at, it->value());
+    if (error.ok()) {
+      in_arena[p.k] = {arena.size(), p.at.bytes};
+      arena.append(it->value().substr(kIdBytes));
+    }
+  }
+  std::vector<std::string_view> encoded(stored.begin(), stored.end());
+  for (const Pending& p : located) {
+    encoded[p.k] = std::string_view(arena).substr(in_arena[p.k].first, in_arena[p.k].second);
+  }
+  // Decoded and checked in parallel (work for the cores: the reading is done), straight into
+  // their destinations.
+  ParallelFor(wanted.size(), [&](size_t k) {
+    const ChunkRead& r = reads[wanted[k]];
+    Status& error = (*errors)[wanted[k]];
+    if (!error.ok()) return;
+    error = Decode(r.id, encoded[k], nullptr, r.dst, r.size);
+    if (error.ok() && ComputeChunkId(std::string_view(r.dst, r.size)) != r.id) {
+      error = Status::Corruption("chunk " + r.id.Hex() + " does not match its hash");
+    }
+  });
 }
 
 Status ChunkStore::ReplaceStored(const ChunkId& id, std::string_view stored) {

@@ -105,6 +105,17 @@ class ChunkStore {
   // Same, into dst[0, size) (a chunk of another size is Corruption), without the cache: for large
   // reads, whose chunks would only push out what the cache holds. Thread-safe.
   Status GetInto(const ChunkId& id, size_t size, char* dst);
+  // Many chunks, each as GetInto reads one: reads[i].size raw bytes of chunk reads[i].id into
+  // reads[i].dst; (*errors)[i] is that chunk's outcome. For large reads of files: the `chunks`
+  // entries are read in one batch, located chunks in location order in one pass (a file's
+  // chunks, written together, come in a few large disk reads), and all are decoded and checked
+  // in parallel. Thread-safe.
+  struct ChunkRead {
+    ChunkId id;
+    size_t size;
+    char* dst;
+  };
+  void ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors);
   // Same, through the decompressed-chunk cache.
   Result<std::shared_ptr<const std::string>> GetCached(const ChunkId& id, size_t size);
   // True if the chunk is stored (or is the zero chunk). Does not read or check the data.
@@ -207,6 +218,7 @@ class ChunkStore {
   int zstd_level_;
   const bool train_dictionaries_;
   const bool located_;
+  const uint64_t serial_;  // tells this store's dictionaries from another's (Decode)
   std::mutex location_mu_;
   bool location_loaded_ = false;  // GUARDED_BY(location_mu_)
   uint64_t next_location_ = 0;    // GUARDED_BY(location_mu_)

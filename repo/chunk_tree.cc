@@ -247,27 +247,35 @@ Status TreeReader::ReadDirect(uint64_t offset, uint64_t end, std::string* out) {
   const size_t base = out->size();
   out->resize(base + (end - offset));
   char* dst = out->data() + base;
-  std::vector<Status> errors(ids.size());
-  store_->ParallelRead(ids.size(), [&](size_t i) {
-    const uint64_t index = first + i;
-    const uint64_t chunk_start = index * chunk_size_;
-    const size_t size = LeafSize(index);
+  // Whole chunks straight into `out`; the one or two the range cuts into `cut`, then their part.
+  std::vector<ChunkStore::ChunkRead> reads(ids.size());
+  std::vector<std::string> cut(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint64_t chunk_start = (first + i) * chunk_size_;
+    const size_t size = LeafSize(first + i);
     const uint64_t from = std::max(offset, chunk_start);
     const uint64_t to = std::min<uint64_t>(end, chunk_start + size);
-    char* at = dst + (from - offset);
     if (from == chunk_start && to == chunk_start + size) {
-      errors[i] = store_->GetInto(ids[i], size, at);
-    } else {  // a chunk the range cuts: decoded whole, then the part that is asked for
-      thread_local std::string whole;
-      whole.resize(size);
-      errors[i] = store_->GetInto(ids[i], size, whole.data());
-      if (errors[i].ok()) std::memcpy(at, whole.data() + (from - chunk_start), to - from);
+      reads[i] = {ids[i], size, dst + (from - offset)};
+    } else {
+      cut[i].resize(size);
+      reads[i] = {ids[i], size, cut[i].data()};
     }
+  }
+  std::vector<Status> errors;
+  store_->ReadMany(reads, &errors);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint64_t chunk_start = (first + i) * chunk_size_;
     if (!errors[i].ok()) {
-      errors[i] = errors[i].WithContext("leaf at offset " + std::to_string(chunk_start));
+      out->resize(base);
+      return errors[i].WithContext("leaf at offset " + std::to_string(chunk_start));
     }
-  });
-  for (const Status& e : errors) RETURN_IF_ERROR(e);
+    if (!cut[i].empty()) {
+      const uint64_t from = std::max(offset, chunk_start);
+      const uint64_t to = std::min<uint64_t>(end, chunk_start + cut[i].size());
+      std::memcpy(dst + (from - offset), cut[i].data() + (from - chunk_start), to - from);
+    }
+  }
   return Status::OK();
 }
 

@@ -760,33 +760,46 @@ Status CloneFs::ReadRange(const Inode& inode, uint64_t offset, uint64_t end, std
   out->resize(at + (end - offset));
   char* dst = out->data() + at;
   std::vector<Status> errors(count);
+  // Base chunks in one ReadMany, whole ones straight into `out`; a chunk cut by the range, by a
+  // truncation, or the base's short last leaf into `whole`, and its part copied below.
+  std::vector<ChunkStore::ChunkRead> reads;
+  std::vector<size_t> read_of;  // reads[j] is chunk read_of[j] of the range
+  std::vector<std::string> whole(count);
+  auto span = [&](size_t i) {  // [from, to) of chunk i in the file
+    const uint64_t chunk_start = (first + i) * chunk_size_;
+    return std::pair<uint64_t, uint64_t>(std::max(offset, chunk_start),
+                                         std::min<uint64_t>(end, chunk_start + chunk_size_));
+  };
+  for (size_t i = 0; i < count && i < ids.size(); ++i) {
+    if (overridden[i]) continue;
+    const uint64_t chunk_start = (first + i) * chunk_size_;
+    const size_t size = base.LeafSize(first + i);
+    auto [from, to] = span(i);
+    const bool cut = from != chunk_start || to != chunk_start + size ||
+                     std::min<uint64_t>(chunk_start + size, inode.base_limit) != to;
+    if (cut) whole[i].resize(size);
+    reads.push_back({ids[i], size, cut ? whole[i].data() : dst + (from - offset)});
+    read_of.push_back(i);
+  }
+  std::vector<Status> read_errors;
+  repo_->chunks()->ReadMany(reads, &read_errors);
+  for (size_t j = 0; j < reads.size(); ++j) errors[read_of[j]] = read_errors[j];
+  // Overrides decoded in parallel; cut base chunks' parts copied; past the base, zeros.
   repo_->chunks()->ParallelRead(count, [&](size_t i) {
-    const uint64_t index = first + i;
-    const uint64_t chunk_start = index * chunk_size_;
-    const uint64_t from = std::max(offset, chunk_start);
-    const uint64_t to = std::min<uint64_t>(end, chunk_start + chunk_size_);
+    const uint64_t chunk_start = (first + i) * chunk_size_;
+    auto [from, to] = span(i);
     char* into = dst + (from - offset);
-    thread_local std::string whole;
     if (overridden[i]) {
       ChunkId id;
-      errors[i] = DecodeOverride(overrides[i], &id, &whole);
-      if (errors[i].ok()) std::memcpy(into, whole.data() + (from - chunk_start), to - from);
-      return;
-    }
-    if (i >= ids.size()) {  // past the base: a hole or an extension
+      thread_local std::string chunk;
+      errors[i] = DecodeOverride(overrides[i], &id, &chunk);
+      if (errors[i].ok()) std::memcpy(into, chunk.data() + (from - chunk_start), to - from);
+    } else if (i >= ids.size()) {  // past the base: a hole or an extension
       std::memset(into, 0, to - from);
-      return;
-    }
-    const size_t size = base.LeafSize(index);
-    const uint64_t valid_end = std::min<uint64_t>(chunk_start + size, inode.base_limit);
-    if (from == chunk_start && to == chunk_start + size && valid_end == to) {
-      errors[i] = repo_->chunks()->GetInto(ids[i], size, into);
-    } else {  // cut by the range, by a truncation, or the base's short last leaf
-      whole.resize(size);
-      errors[i] = repo_->chunks()->GetInto(ids[i], size, whole.data());
-      if (!errors[i].ok()) return;
+    } else if (!whole[i].empty() && errors[i].ok()) {
+      const uint64_t valid_end = std::min<uint64_t>(chunk_start + whole[i].size(), inode.base_limit);
       const uint64_t copy_end = std::max(from, std::min(to, valid_end));
-      std::memcpy(into, whole.data() + (from - chunk_start), copy_end - from);
+      std::memcpy(into, whole[i].data() + (from - chunk_start), copy_end - from);
       std::memset(into + (copy_end - from), 0, to - copy_end);
     }
   });
