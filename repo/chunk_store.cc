@@ -475,57 +475,68 @@ Status ChunkStore::GetStored(const ChunkId& id, std::string* stored) {
 
 void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors) {
   errors->assign(reads.size(), Status::OK());
-  // The stored chunks' `chunks` entries, in one batch.
-  std::vector<size_t> wanted;  // indexes into `reads`
-  std::vector<std::string_view> keys;
-  for (size_t i = 0; i < reads.size(); ++i) {
-    if (reads[i].id.IsZero()) {
-      std::memset(reads[i].dst, 0, reads[i].size);
-    } else {
-      wanted.push_back(i);
-      keys.push_back(reads[i].id.AsKey());
-    }
-  }
-  std::vector<std::string> stored;
-  std::vector<Status> got;
-  kv_->MultiGet(Cf::kChunks, keys, &stored, &got);
-  struct Pending {
-    Located at;
-    size_t k;  // index into `wanted`
-  };
-  std::vector<Pending> located;
-  for (size_t k = 0; k < wanted.size(); ++k) {
-    const ChunkId& id = reads[wanted[k]].id;
-    Status& error = (*errors)[wanted[k]];
-    if (got[k].IsNotFound()) {
-      error = Status::NotFound("chunk " + id.Hex() + " is missing");
-    } else if (!got[k].ok()) {
-      error = got[k];
-    } else if (IsLocated(stored[k])) {
-      std::optional<Located> l = ParseLocated(stored[k]);
-      if (l) {
-        located.push_back({*l, k});
-      } else {
-        error = DamagedLocation(id);
-      }
-    }
-  }
-  // Located chunks in location order, in one pass of an iterator: the chunks of a file written
-  // together are neighbours in `chunk_data`, which RocksDB then reads with a few large reads
-  // (its iterators read ahead), not one small random read each. A short gap (chunks of other
-  // files, or ones this read does not need) is stepped over rather than sought past.
-  constexpr uint64_t kMaxStep = 16;
-  std::sort(located.begin(), located.end(),
-            [](const Pending& a, const Pending& b) { return a.at.location < b.at.location; });
-  // Their encoded forms go to one buffer per thread, reused: no allocation per chunk.
+  // The encoded chunks go to one buffer per thread, reused: no allocation per chunk.
   thread_local std::string arena;
   arena.clear();
-  std::vector<std::pair<size_t, size_t>> in_arena(wanted.size());  // offset, size: located ones
+  std::vector<std::pair<size_t, size_t>> spans(reads.size());  // in `arena`: offset, size
+  std::vector<char> taken(reads.size(), 0);
+  auto take = [&](size_t i, std::string_view encoded) {
+    spans[i] = {arena.size(), encoded.size()};
+    taken[i] = 1;
+    arena.append(encoded);
+  };
+  // A file's chunks, written together, are mostly neighbours in `chunk_data`, in file order. So
+  // the chunk after one just read is looked for first where the iterator now stands: an entry
+  // of `chunk_data` that carries its id holds it (its bytes are checked against the id after
+  // decoding). Only where that guess fails is `chunks` asked, and the iterator moved there (a
+  // few entries forward, or a seek). RocksDB's iterators read ahead, so a run of neighbours
+  // comes in a few large disk reads, not one small random read each.
+  constexpr uint64_t kMaxStep = 16;
+  // More lookups than this, and the chunks are scattered: the rest are read in parallel.
+  constexpr int kMaxLookups = 8;
+  std::vector<char> guessed(reads.size(), 0);
+  std::vector<size_t> scattered;
   std::unique_ptr<KvIterator> it;
-  for (const Pending& p : located) {
-    const ChunkId& id = reads[wanted[p.k]].id;
-    Status& error = (*errors)[wanted[p.k]];
-    const std::string key = LocationKey(p.at.location);
+  std::string value;
+  int lookups = 0;
+  for (size_t i = 0; i < reads.size(); ++i) {
+    const ChunkId& id = reads[i].id;
+    Status& error = (*errors)[i];
+    if (id.IsZero()) {
+      std::memset(reads[i].dst, 0, reads[i].size);
+      continue;
+    }
+    if (it && it->Valid() && it->value().size() > kIdBytes &&
+        it->value().substr(0, kIdBytes) == id.AsKey()) {
+      take(i, it->value().substr(kIdBytes));
+      guessed[i] = 1;
+      it->Next();
+      continue;
+    }
+    if (lookups == kMaxLookups) {
+      scattered.push_back(i);
+      continue;
+    }
+    lookups++;
+    Status s = kv_->Get(Cf::kChunks, id.AsKey(), &value);
+    if (s.IsNotFound()) {
+      error = Status::NotFound("chunk " + id.Hex() + " is missing");
+      continue;
+    }
+    if (!s.ok()) {
+      error = s;
+      continue;
+    }
+    if (!IsLocated(value)) {
+      take(i, value);
+      continue;
+    }
+    std::optional<Located> l = ParseLocated(value);
+    if (!l) {
+      error = DamagedLocation(id);
+      continue;
+    }
+    const std::string key = LocationKey(l->location);
     if (!it) {
       it = kv_->NewIterator(Cf::kChunkData);
       it->Seek(key);
@@ -533,35 +544,38 @@ void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Statu
       for (uint64_t steps = 0; it->Valid() && it->key() < key && steps < kMaxStep; ++steps) {
         it->Next();
       }
-      if (!it->Valid() || it->key() < key) it->Seek(key);
+      if (!it->Valid() || it->key() != key) it->Seek(key);
     }
     if (!it->Valid() || it->key() != key) {
-      Status s = it->status();
-      error = s.ok() ? Status::Corruption(WhereLocated(id, p.at) + " is missing")
-                     : s.WithContext(WhereLocated(id, p.at));
+      s = it->status();
+      error = s.ok() ? Status::Corruption(WhereLocated(id, *l) + " is missing")
+                     : s.WithContext(WhereLocated(id, *l));
       it.reset();  // a new one for the next chunk: this one may have ended on an error
       continue;
     }
-    error = CheckLocatedData(id, p.at, it->value());
-    if (error.ok()) {
-      in_arena[p.k] = {arena.size(), p.at.bytes};
-      arena.append(it->value().substr(kIdBytes));
-    }
-  }
-  std::vector<std::string_view> encoded(stored.begin(), stored.end());
-  for (const Pending& p : located) {
-    encoded[p.k] = std::string_view(arena).substr(in_arena[p.k].first, in_arena[p.k].second);
+    error = CheckLocatedData(id, *l, it->value());
+    if (error.ok()) take(i, it->value().substr(kIdBytes));
+    it->Next();
   }
   // Decoded and checked in parallel (work for the cores: the reading is done), straight into
-  // their destinations.
-  ParallelFor(wanted.size(), [&](size_t k) {
-    const ChunkRead& r = reads[wanted[k]];
-    Status& error = (*errors)[wanted[k]];
-    if (!error.ok()) return;
-    error = Decode(r.id, encoded[k], nullptr, r.dst, r.size);
+  // their destinations. A guessed chunk that fails is read again where `chunks` says, so that a
+  // damaged entry is reported as GetInto reports it. Scattered chunks are read and decoded one
+  // per read thread, as GetInto does: most of their time is waiting on random disk reads.
+  const std::string_view all(arena);
+  ParallelFor(reads.size(), [&](size_t i) {
+    const ChunkRead& r = reads[i];
+    Status& error = (*errors)[i];
+    if (!taken[i] || !error.ok()) return;
+    error = Decode(r.id, all.substr(spans[i].first, spans[i].second), nullptr, r.dst, r.size);
     if (error.ok() && ComputeChunkId(std::string_view(r.dst, r.size)) != r.id) {
       error = Status::Corruption("chunk " + r.id.Hex() + " does not match its hash");
     }
+    if (!error.ok() && guessed[i]) error = GetInto(r.id, r.size, r.dst);
+  });
+  if (scattered.empty()) return;
+  ParallelRead(scattered.size(), [&](size_t j) {
+    const ChunkRead& r = reads[scattered[j]];
+    (*errors)[scattered[j]] = GetInto(r.id, r.size, r.dst);
   });
 }
 

@@ -106,10 +106,10 @@ class ChunkStore {
   // reads, whose chunks would only push out what the cache holds. Thread-safe.
   Status GetInto(const ChunkId& id, size_t size, char* dst);
   // Many chunks, each as GetInto reads one: reads[i].size raw bytes of chunk reads[i].id into
-  // reads[i].dst; (*errors)[i] is that chunk's outcome. For large reads of files: the `chunks`
-  // entries are read in one batch, located chunks in location order in one pass (a file's
-  // chunks, written together, come in a few large disk reads), and all are decoded and checked
-  // in parallel. Thread-safe.
+  // reads[i].dst; (*errors)[i] is that chunk's outcome. For large reads of files, in file order:
+  // located chunks that are neighbours in `chunk_data` (a file's chunks, written together) are
+  // read in one pass of an iterator, without a `chunks` lookup each, and come in a few large
+  // disk reads; all are decoded and checked in parallel. Thread-safe.
   struct ChunkRead {
     ChunkId id;
     size_t size;

@@ -85,6 +85,18 @@ std::vector<ChunkId> AddPages(ChunkWriter* writer, uint32_t seed_begin, uint32_t
   return all;
 }
 
+// ChunkStore::ReadMany of 8 KiB chunks: the bytes read and each chunk's outcome.
+std::vector<Status> ReadManyPages(ChunkStore* store, const std::vector<ChunkId>& ids,
+                                  std::vector<std::string>* out) {
+  out->assign(ids.size(), std::string(8192, 'x'));
+  std::vector<ChunkStore::ChunkRead> reads;
+  for (size_t i = 0; i < ids.size(); ++i) reads.push_back({ids[i], 8192, (*out)[i].data()});
+  std::vector<Status> errors;
+  store->ReadMany(reads, &errors);
+  EXPECT_EQ(errors.size(), ids.size());
+  return errors;
+}
+
 void ExpectPagesReadBack(ChunkStore* store, const std::vector<ChunkId>& ids, uint32_t seed_begin) {
   std::string out;
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -414,6 +426,18 @@ TEST_P(ChunkStoreTest, ALocatedChunkMissingOrMisplacedIsCorruption) {
       EXPECT_TRUE(s.ok()) << i << ": " << s.ToString();
     }
   }
+  // The same through ReadMany, which follows chunk_data from one chunk to the next: chunk 0's
+  // location names it no longer, chunk 1 is found right after it, chunk 2 is nowhere.
+  std::vector<std::string> pages;
+  std::vector<Status> many = ReadManyPages(store, ids, &pages);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i == 0 || i == 2 || i == 3) {
+      EXPECT_TRUE(many[i].IsCorruption()) << i << ": " << many[i].ToString();
+    } else {
+      EXPECT_TRUE(many[i].ok()) << i << ": " << many[i].ToString();
+      EXPECT_EQ(pages[i], PageLike(static_cast<uint32_t>(i))) << i;
+    }
+  }
   std::map<std::string, std::string> problems;
   std::vector<std::string> sound;
   uint64_t orphans = 0;
@@ -479,6 +503,74 @@ TEST_P(ChunkStoreTest, InlineAndLocatedChunksLiveSideBySide) {
                   .ok());
   EXPECT_EQ(seen, 32u);
   EXPECT_EQ(orphans, 0u);
+}
+
+// ReadMany reads a run of neighbours without a lookup each, and anything else (a zero chunk, a
+// chunk read twice, one from elsewhere, scattered ones, an inline one) where `chunks` says.
+TEST_P(ChunkStoreTest, ReadManyReadsNeighboursAndScatteredChunksAlike) {
+  ChunkStore inline_store(repo_->kv(), 3, 0, true, /*located=*/false);
+  std::vector<ChunkId> ids;
+  {
+    ChunkWriter writer(&inline_store);
+    ids = AddPages(&writer, 0, 8);  // pages 0-7 inline
+    ASSERT_TRUE(writer.Flush(false).ok());
+  }
+  {
+    ChunkWriter writer(repo_->chunks());
+    std::vector<ChunkId> more = AddPages(&writer, 8, 200);
+    ASSERT_TRUE(writer.Flush(false).ok());
+    ids.insert(ids.end(), more.begin(), more.end());
+  }
+  auto check = [&](const std::vector<uint32_t>& pages) {
+    std::vector<ChunkId> want;
+    for (uint32_t p : pages) want.push_back(p == UINT32_MAX ? ChunkId() : ids[p]);
+    std::vector<std::string> out;
+    std::vector<Status> errors = ReadManyPages(repo_->chunks(), want, &out);
+    for (size_t i = 0; i < pages.size(); ++i) {
+      ASSERT_TRUE(errors[i].ok()) << i << ": " << errors[i].ToString();
+      EXPECT_EQ(out[i], pages[i] == UINT32_MAX ? std::string(8192, '\0') : PageLike(pages[i]))
+          << "read " << i << " (page " << pages[i] << ")";
+    }
+  };
+  std::vector<uint32_t> run;
+  for (uint32_t p = 20; p < 84; ++p) run.push_back(p);
+  check(run);
+  // Zeros, a page twice, a jump back, inline pages, a jump forward, and the run going on.
+  check({10, 11, UINT32_MAX, 12, 12, 13, 3, 4, 14, 15, 150, 151, 16, 17, 199, UINT32_MAX});
+  // Scattered: more lookups than one pass makes; the rest are read in parallel.
+  std::vector<uint32_t> scattered;
+  for (uint32_t p = 0; p < 200; p += 7) scattered.push_back((p * 37) % 200);
+  check(scattered);
+  // A chunk that is not stored fails alone.
+  std::vector<ChunkId> with_missing = {ids[30], ComputeChunkId(std::string(8192, 'q')), ids[31]};
+  std::vector<std::string> out;
+  std::vector<Status> errors = ReadManyPages(repo_->chunks(), with_missing, &out);
+  EXPECT_TRUE(errors[0].ok());
+  EXPECT_TRUE(errors[1].IsNotFound()) << errors[1].ToString();
+  EXPECT_TRUE(errors[2].ok()) << errors[2].ToString();
+  EXPECT_EQ(out[2], PageLike(31));
+}
+
+// A chunk whose located bytes are damaged (its id intact) fails when read as the neighbour of
+// the one before it, as when it is read alone; its neighbours read fine.
+TEST_P(ChunkStoreTest, ReadManyReportsADamagedNeighbour) {
+  ChunkWriter writer(repo_->chunks());
+  std::vector<ChunkId> ids = AddPages(&writer, 0, 16);
+  ASSERT_TRUE(writer.Flush(false).ok());
+  std::string stored;
+  ASSERT_TRUE(repo_->chunks()->GetStored(ids[7], &stored).ok());
+  for (size_t i = 1; i < stored.size(); i += 3) stored[i] = static_cast<char>(stored[i] ^ 0x5a);
+  ASSERT_TRUE(repo_->chunks()->ReplaceStored(ids[7], stored).ok());
+  std::vector<std::string> out;
+  std::vector<Status> errors = ReadManyPages(repo_->chunks(), ids, &out);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i == 7) {
+      EXPECT_TRUE(errors[i].IsCorruption()) << errors[i].ToString();
+    } else {
+      ASSERT_TRUE(errors[i].ok()) << i << ": " << errors[i].ToString();
+      EXPECT_EQ(out[i], PageLike(static_cast<uint32_t>(i)));
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, ChunkStoreTest, ::testing::Bool(), StoreName);

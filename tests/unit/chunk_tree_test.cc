@@ -185,9 +185,16 @@ TEST_P(ChunkTreeTest, BadChunkInsideABatchFailsTheRead) {
   TreeReader reader(repo_->chunks(), fd, kChunk);
   std::vector<ChunkId> ids;
   ASSERT_TRUE(reader.Leaves(0, 300, &ids).ok());
+  // Chunk 137's stored bytes are damaged; chunk 250 is gone, its data and its `chunks` entry.
+  std::string stored;
+  ASSERT_TRUE(repo_->chunks()->GetStored(ids[137], &stored).ok());
+  for (size_t i = 1; i < stored.size(); i += 7) stored[i] = static_cast<char>(stored[i] ^ 0x33);
+  ASSERT_TRUE(repo_->chunks()->ReplaceStored(ids[137], stored).ok());
+  std::string entry;
+  ASSERT_TRUE(repo_->kv()->Get(Cf::kChunks, ids[250].AsKey(), &entry).ok());
   KvBatch batch;
-  batch.Put(Cf::kChunks, ids[137].AsKey(), repo_->chunks()->Encode(RandomBytes(kChunk, 99)));
   batch.Delete(Cf::kChunks, ids[250].AsKey());
+  if (entry.size() == 13) batch.Delete(Cf::kChunkData, entry.substr(1, 8));  // its location
   ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
 
   std::string out = "kept";
