@@ -81,6 +81,18 @@ Status DamagedLocation(const ChunkId& id) {
   return Status::Corruption("chunk " + id.Hex() + " has a damaged location entry");
 }
 
+// Moves `it` (a `chunk_data` iterator, may be null) to the entry of chunk `id` if that is at
+// most `max_steps` entries on; false if it is not (`it` may have moved).
+bool FindAhead(KvIterator* it, const ChunkId& id, uint64_t max_steps) {
+  if (!it) return false;
+  for (uint64_t steps = 0; it->Valid(); it->Next()) {
+    std::string_view value = it->value();
+    if (value.size() > kIdBytes && value.substr(0, kIdBytes) == id.AsKey()) return true;
+    if (steps++ == max_steps) break;
+  }
+  return false;
+}
+
 std::string WhereLocated(const ChunkId& id, const Located& l) {
   return "chunk " + id.Hex() + " at location " + std::to_string(l.location);
 }
@@ -486,11 +498,12 @@ void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Statu
     arena.append(encoded);
   };
   // A file's chunks, written together, are mostly neighbours in `chunk_data`, in file order. So
-  // the chunk after one just read is looked for first where the iterator now stands: an entry
-  // of `chunk_data` that carries its id holds it (its bytes are checked against the id after
-  // decoding). Only where that guess fails is `chunks` asked, and the iterator moved there (a
-  // few entries forward, or a seek). RocksDB's iterators read ahead, so a run of neighbours
-  // comes in a few large disk reads, not one small random read each.
+  // the chunk after one just read is looked for first where the iterator now stands, or a few
+  // entries on (past chunks this read does not want: a clone's overridden pages, a chunk stored
+  // earlier elsewhere): an entry of `chunk_data` that carries its id holds it (its bytes are
+  // checked against the id after decoding). Only where that guess fails is `chunks` asked, and
+  // the iterator moved there (a few entries forward, or a seek). RocksDB's iterators read ahead,
+  // so a run of neighbours comes in a few large disk reads, not one small random read each.
   constexpr uint64_t kMaxStep = 16;
   // More lookups than this, and the chunks are scattered: the rest are read in parallel.
   constexpr int kMaxLookups = 8;
@@ -506,8 +519,7 @@ void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Statu
       std::memset(reads[i].dst, 0, reads[i].size);
       continue;
     }
-    if (it && it->Valid() && it->value().size() > kIdBytes &&
-        it->value().substr(0, kIdBytes) == id.AsKey()) {
+    if (FindAhead(it.get(), id, kMaxStep)) {
       take(i, it->value().substr(kIdBytes));
       guessed[i] = 1;
       it->Next();

@@ -784,24 +784,34 @@ Status CloneFs::ReadRange(const Inode& inode, uint64_t offset, uint64_t end, std
   std::vector<Status> read_errors;
   repo_->chunks()->ReadMany(reads, &read_errors);
   for (size_t j = 0; j < reads.size(); ++j) errors[read_of[j]] = read_errors[j];
-  // Overrides decoded in parallel; cut base chunks' parts copied; past the base, zeros.
-  repo_->chunks()->ParallelRead(count, [&](size_t i) {
+  // Cut base chunks' parts copied, and zeros past the base; overrides decoded in parallel (an
+  // override that names a stored chunk reads it: they may wait on the disk).
+  std::vector<size_t> overridden_at;
+  for (size_t i = 0; i < count; ++i) {
     const uint64_t chunk_start = (first + i) * chunk_size_;
     auto [from, to] = span(i);
     char* into = dst + (from - offset);
     if (overridden[i]) {
-      ChunkId id;
-      thread_local std::string chunk;
-      errors[i] = DecodeOverride(overrides[i], &id, &chunk);
-      if (errors[i].ok()) std::memcpy(into, chunk.data() + (from - chunk_start), to - from);
+      overridden_at.push_back(i);
     } else if (i >= ids.size()) {  // past the base: a hole or an extension
       std::memset(into, 0, to - from);
     } else if (!whole[i].empty() && errors[i].ok()) {
-      const uint64_t valid_end = std::min<uint64_t>(chunk_start + whole[i].size(), inode.base_limit);
+      const uint64_t valid_end =
+          std::min<uint64_t>(chunk_start + whole[i].size(), inode.base_limit);
       const uint64_t copy_end = std::max(from, std::min(to, valid_end));
       std::memcpy(into, whole[i].data() + (from - chunk_start), copy_end - from);
       std::memset(into + (copy_end - from), 0, to - copy_end);
     }
+  }
+  repo_->chunks()->ParallelRead(overridden_at.size(), [&](size_t j) {
+    const size_t i = overridden_at[j];
+    const uint64_t chunk_start = (first + i) * chunk_size_;
+    auto [from, to] = span(i);
+    ChunkId id;
+    thread_local std::string chunk;
+    errors[i] = DecodeOverride(overrides[i], &id, &chunk);
+    if (errors[i].ok())
+      std::memcpy(dst + (from - offset), chunk.data() + (from - chunk_start), to - from);
   });
   for (size_t i = 0; i < count; ++i) {
     if (!errors[i].ok()) {
