@@ -485,7 +485,8 @@ Status ChunkStore::GetStored(const ChunkId& id, std::string* stored) {
   return Status::OK();
 }
 
-void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors) {
+void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors,
+                          ReadManyStats* stats) {
   errors->assign(reads.size(), Status::OK());
   // The encoded chunks go to one buffer per thread, reused: no allocation per chunk.
   thread_local std::string arena;
@@ -584,6 +585,11 @@ void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Statu
     }
     if (!error.ok() && guessed[i]) error = GetInto(r.id, r.size, r.dst);
   });
+  if (stats) {
+    stats->followed += std::count(guessed.begin(), guessed.end(), 1);
+    stats->looked_up += lookups;
+    stats->scattered += scattered.size();
+  }
   if (scattered.empty()) return;
   ParallelRead(scattered.size(), [&](size_t j) {
     const ChunkRead& r = reads[scattered[j]];

@@ -115,7 +115,15 @@ class ChunkStore {
     size_t size;
     char* dst;
   };
-  void ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors);
+  // How ReadMany found the chunks (for tests): by following `chunk_data`, by a `chunks` lookup,
+  // or one chunk per read thread.
+  struct ReadManyStats {
+    uint64_t followed = 0;
+    uint64_t looked_up = 0;
+    uint64_t scattered = 0;
+  };
+  void ReadMany(const std::vector<ChunkRead>& reads, std::vector<Status>* errors,
+                ReadManyStats* stats = nullptr);
   // Same, through the decompressed-chunk cache.
   Result<std::shared_ptr<const std::string>> GetCached(const ChunkId& id, size_t size);
   // True if the chunk is stored (or is the zero chunk). Does not read or check the data.

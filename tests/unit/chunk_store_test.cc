@@ -87,12 +87,13 @@ std::vector<ChunkId> AddPages(ChunkWriter* writer, uint32_t seed_begin, uint32_t
 
 // ChunkStore::ReadMany of 8 KiB chunks: the bytes read and each chunk's outcome.
 std::vector<Status> ReadManyPages(ChunkStore* store, const std::vector<ChunkId>& ids,
-                                  std::vector<std::string>* out) {
+                                  std::vector<std::string>* out,
+                                  ChunkStore::ReadManyStats* stats = nullptr) {
   out->assign(ids.size(), std::string(8192, 'x'));
   std::vector<ChunkStore::ChunkRead> reads;
   for (size_t i = 0; i < ids.size(); ++i) reads.push_back({ids[i], 8192, (*out)[i].data()});
   std::vector<Status> errors;
-  store->ReadMany(reads, &errors);
+  store->ReadMany(reads, &errors, stats);
   EXPECT_EQ(errors.size(), ids.size());
   return errors;
 }
@@ -521,11 +522,13 @@ TEST_P(ChunkStoreTest, ReadManyReadsNeighboursAndScatteredChunksAlike) {
     ASSERT_TRUE(writer.Flush(false).ok());
     ids.insert(ids.end(), more.begin(), more.end());
   }
+  ChunkStore::ReadManyStats stats;
   auto check = [&](const std::vector<uint32_t>& pages) {
+    stats = {};
     std::vector<ChunkId> want;
     for (uint32_t p : pages) want.push_back(p == UINT32_MAX ? ChunkId() : ids[p]);
     std::vector<std::string> out;
-    std::vector<Status> errors = ReadManyPages(repo_->chunks(), want, &out);
+    std::vector<Status> errors = ReadManyPages(repo_->chunks(), want, &out, &stats);
     for (size_t i = 0; i < pages.size(); ++i) {
       ASSERT_TRUE(errors[i].ok()) << i << ": " << errors[i].ToString();
       EXPECT_EQ(out[i], pages[i] == UINT32_MAX ? std::string(8192, '\0') : PageLike(pages[i]))
@@ -535,12 +538,23 @@ TEST_P(ChunkStoreTest, ReadManyReadsNeighboursAndScatteredChunksAlike) {
   std::vector<uint32_t> run;
   for (uint32_t p = 20; p < 84; ++p) run.push_back(p);
   check(run);
+  EXPECT_EQ(stats.looked_up, 1u);  // the first one; the rest followed
+  EXPECT_EQ(stats.followed, run.size() - 1);
+  // Gaps of a few chunks (a clone's overridden pages) are stepped over without a lookup.
+  std::vector<uint32_t> gaps;
+  for (uint32_t p = 100; p < 190; ++p) {
+    if (p % 5 != 0 && p % 7 != 0) gaps.push_back(p);
+  }
+  check(gaps);
+  EXPECT_EQ(stats.looked_up, 1u);
   // Zeros, a page twice, a jump back, inline pages, a jump forward, and the run going on.
   check({10, 11, UINT32_MAX, 12, 12, 13, 3, 4, 14, 15, 150, 151, 16, 17, 199, UINT32_MAX});
+  EXPECT_EQ(stats.scattered, 0u);
   // Scattered: more lookups than one pass makes; the rest are read in parallel.
   std::vector<uint32_t> scattered;
   for (uint32_t p = 0; p < 200; p += 7) scattered.push_back((p * 37) % 200);
   check(scattered);
+  EXPECT_GT(stats.scattered, 0u);
   // A chunk that is not stored fails alone.
   std::vector<ChunkId> with_missing = {ids[30], ComputeChunkId(std::string(8192, 'q')), ids[31]};
   std::vector<std::string> out;
