@@ -506,8 +506,9 @@ void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Statu
   // the iterator moved there (a few entries forward, or a seek). RocksDB's iterators read ahead,
   // so a run of neighbours comes in a few large disk reads, not one small random read each.
   constexpr uint64_t kMaxStep = 16;
-  // More lookups than this, and the chunks are scattered: the rest are read in parallel.
-  constexpr int kMaxLookups = 8;
+  // More lookups than this, and the chunks are scattered: the rest are read in parallel. A store
+  // that keeps its chunks inline (format < 4) has nothing to follow: all are read so.
+  const int max_lookups = located_ ? 8 : 0;
   std::vector<char> guessed(reads.size(), 0);
   std::vector<size_t> scattered;
   std::unique_ptr<KvIterator> it;
@@ -526,7 +527,7 @@ void ChunkStore::ReadMany(const std::vector<ChunkRead>& reads, std::vector<Statu
       it->Next();
       continue;
     }
-    if (lookups == kMaxLookups) {
+    if (lookups == max_lookups) {
       scattered.push_back(i);
       continue;
     }

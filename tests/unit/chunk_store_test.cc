@@ -523,6 +523,17 @@ TEST_P(ChunkStoreTest, ReadManyReadsNeighboursAndScatteredChunksAlike) {
     ids.insert(ids.end(), more.begin(), more.end());
   }
   ChunkStore::ReadManyStats stats;
+  {
+    // A store of inline chunks (format < 4) has no neighbours to follow: all in parallel.
+    std::vector<std::string> out;
+    std::vector<ChunkId> first(ids.begin(), ids.begin() + 8);
+    std::vector<Status> errors = ReadManyPages(&inline_store, first, &out, &stats);
+    for (size_t i = 0; i < first.size(); ++i) {
+      ASSERT_TRUE(errors[i].ok()) << errors[i].ToString();
+      EXPECT_EQ(out[i], PageLike(static_cast<uint32_t>(i)));
+    }
+    EXPECT_EQ(stats.scattered, 8u);
+  }
   auto check = [&](const std::vector<uint32_t>& pages) {
     stats = {};
     std::vector<ChunkId> want;
