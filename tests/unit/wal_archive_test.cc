@@ -618,9 +618,11 @@ TEST_P(WalArchiveTest, CorruptChunkIsAnError) {
   auto leaf = reader.Leaf(1);  // the first half is random bytes, the rest zeros
   ASSERT_TRUE(leaf.ok());
   ASSERT_FALSE(leaf->IsZero());
-  KvBatch batch;
-  batch.Put(Cf::kChunks, leaf->AsKey(), repo_->chunks()->Encode(std::string(kWalChunkSize, 'x')));
-  ASSERT_TRUE(repo_->kv()->Write(batch, false).ok());
+  // Its stored bytes damaged (a chunk's id is checked against the bytes it decodes to).
+  std::string stored;
+  ASSERT_TRUE(repo_->chunks()->GetStored(*leaf, &stored).ok());
+  for (size_t i = 1; i < stored.size(); i += 101) stored[i] = static_cast<char>(stored[i] ^ 0x21);
+  ASSERT_TRUE(repo_->chunks()->ReplaceStored(*leaf, stored).ok());
   std::string out;
   Status s = archive_->ReadFile(*info, [&](std::string_view p) {
     out.append(p);
