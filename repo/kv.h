@@ -83,14 +83,6 @@ class KvStore {
   virtual ~KvStore() = default;
   // NotFound if absent.
   virtual Status Get(Cf cf, std::string_view key, std::string* value) = 0;
-  // Get of each key, in one call: (*values)[i] and (*statuses)[i] answer keys[i]. RocksDB reads
-  // them from one view of the store, batching index and filter lookups.
-  virtual void MultiGet(Cf cf, const std::vector<std::string_view>& keys,
-                        std::vector<std::string>* values, std::vector<Status>* statuses) {
-    values->resize(keys.size());
-    statuses->resize(keys.size());
-    for (size_t i = 0; i < keys.size(); ++i) (*statuses)[i] = Get(cf, keys[i], &(*values)[i]);
-  }
   // Applies all of `batch` or nothing. With `sync`, it is durable (fdatasync) on return, and so
   // is everything written before it.
   virtual Status Write(const KvBatch& batch, bool sync) = 0;

@@ -405,31 +405,6 @@ class RocksStore : public KvStore {
     return Status::OK();
   }
 
-  void MultiGet(Cf cf, const std::vector<std::string_view>& keys, std::vector<std::string>* values,
-                std::vector<Status>* statuses) override {
-    values->assign(keys.size(), std::string());
-    statuses->assign(keys.size(), Status::OK());
-    std::shared_lock<std::shared_mutex> db(db_mu_);
-    if (!db_) {
-      statuses->assign(keys.size(), closed_);
-      return;
-    }
-    std::vector<rocksdb::Slice> slices(keys.begin(), keys.end());
-    std::vector<rocksdb::PinnableSlice> pinned(keys.size());
-    std::vector<rocksdb::Status> got(keys.size());
-    db_->MultiGet(rocksdb::ReadOptions(), handle(cf), keys.size(), slices.data(), pinned.data(),
-                  got.data(), /*sorted_input=*/false);
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (got[i].IsNotFound()) {
-        (*statuses)[i] = Status::NotFound("key not found");
-      } else if (!got[i].ok()) {
-        (*statuses)[i] = Convert(got[i], "multiget");
-      } else {
-        (*values)[i].assign(pinned[i].data(), pinned[i].size());
-      }
-    }
-  }
-
   Status Write(const KvBatch& batch, bool sync) override {
     std::shared_lock<std::shared_mutex> io;
     RETURN_IF_ERROR(LockForWrite(&io));
