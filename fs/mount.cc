@@ -21,7 +21,11 @@ namespace pgbackfs {
 namespace {
 
 constexpr unsigned kMaxThreads = 16;
-constexpr unsigned kIdleThreads = 4;
+// Workers never exit for being idle. libfuse ends a worker once more than this many wait, and
+// starts one (a thread, a /dev/fuse clone fd, a 1 MiB buffer) as soon as none waits: with 4, a
+// cold sequential scan of a scale-100 clone started and ended 400-900 threads, and 20 s of
+// pgbench -c 2 220-360. With every worker kept, 15 (docs/BENCHMARKS.md, seventh session).
+constexpr unsigned kIdleThreads = kMaxThreads;
 constexpr int kReadaheadKib = 4096;
 
 std::mutex fuse_log_mu;
