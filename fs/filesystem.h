@@ -81,7 +81,7 @@ struct EntryOut {
 struct OpenOut {
   uint64_t fh = 0;
   bool keep_cache = false;  // immutable content: keep the page cache between opens
-  bool direct_io = false;   // writes into wal/ bypass the page cache
+  bool direct_io = false;   // wal/ files opened for writing, O_DSYNC clone files: no page cache
   bool noflush = false;     // read-only handles need no flush on close
 };
 
@@ -187,6 +187,7 @@ class Filesystem {
   int CloneOpen(std::shared_ptr<const Node> node, int flags, OpenOut* out);
   int CloneRead(const CloneFileHandle& h, uint64_t offset, size_t size, std::string* out);
   int CloneWrite(const CloneFileHandle& h, uint64_t offset, std::string_view data);
+  static void SyncWrites(int flags, CloneFileHandle* h, OpenOut* out);
   int CloneCreate(const Node& parent, const std::string& name, mode_t mode, int flags,
                   EntryOut* entry, OpenOut* out);
   int CloneReadDir(DirHandle* dir, uint64_t offset, bool plus,

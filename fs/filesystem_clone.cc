@@ -305,6 +305,18 @@ int Filesystem::CloneReadDir(DirHandle* dir, uint64_t offset, bool plus,
 
 // --- files -------------------------------------------------------------------------------------
 
+// A file opened O_DSYNC or O_SYNC (postgres's WAL with wal_sync_method = open_datasync, which
+// `clone create` sets) bypasses the page cache: each write comes here at once and is made durable
+// before it is answered, so a commit costs one request. Through the page cache it would cost a
+// write request at writeback plus an fsync request (and often a setattr for the times), which
+// is what the kernel does for O_DSYNC on a writeback-cached FUSE file. The kernel does not sync
+// direct writes itself: it passes the flag and leaves durability to the server.
+void Filesystem::SyncWrites(int flags, CloneFileHandle* h, OpenOut* out) {
+  if ((flags & O_ACCMODE) == O_RDONLY || !(flags & O_DSYNC)) return;
+  h->sync = true;
+  out->direct_io = true;
+}
+
 int Filesystem::CloneOpen(std::shared_ptr<const Node> node, int flags, OpenOut* out) {
   Result<CloneAttr> attr = Status::OK();
   if (flags & O_TRUNC) {  // FUSE_CAP_ATOMIC_O_TRUNC: no separate setattr comes
@@ -318,6 +330,7 @@ int Filesystem::CloneOpen(std::shared_ptr<const Node> node, int flags, OpenOut* 
   node->clone->OpenFile(node->clone_ino);  // Release() closes it
   auto h = std::make_shared<CloneFileHandle>();
   h->node = std::move(node);
+  SyncWrites(flags, h.get(), out);
   out->fh = AddHandle(h);
   out->keep_cache = options_.clone_keep_cache;
   out->noflush = true;  // nothing to do on close: writes reach the clone as they come
@@ -343,6 +356,7 @@ int Filesystem::CloneCreate(const Node& parent, const std::string& name, mode_t 
   parent.clone->OpenFile(attr->ino);  // Release() closes it
   auto h = std::make_shared<CloneFileHandle>();
   h->node = inodes_.Get(entry->ino);
+  SyncWrites(flags, h.get(), out);
   out->fh = AddHandle(h);
   out->keep_cache = options_.clone_keep_cache;
   out->noflush = true;
@@ -365,7 +379,7 @@ int Filesystem::CloneRead(const CloneFileHandle& h, uint64_t offset, size_t size
 }
 
 int Filesystem::CloneWrite(const CloneFileHandle& h, uint64_t offset, std::string_view data) {
-  Status s = h.node->clone->Write(h.node->clone_ino, offset, data);
+  Status s = h.node->clone->Write(h.node->clone_ino, offset, data, h.sync);
   if (!s.ok()) {
     int err = StatusToErrno(s);
     if (err == EIO || err == ENOSPC) {

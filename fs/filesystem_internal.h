@@ -44,6 +44,7 @@ struct Filesystem::WriteHandle : Handle {
 // An open file in a clone: reads and writes go to the clone as they come.
 struct Filesystem::CloneFileHandle : Handle {
   std::shared_ptr<const Node> node;
+  bool sync = false;  // opened O_DSYNC or O_SYNC: each write is durable before it is answered
 };
 
 // An open directory. Snapshot directories and the fixed ones: what it listed when read from

@@ -822,7 +822,7 @@ Status CloneFs::ReadRange(const Inode& inode, uint64_t offset, uint64_t end, std
   return Status::OK();
 }
 
-Status CloneFs::Write(CloneIno ino, uint64_t offset, std::string_view data) {
+Status CloneFs::Write(CloneIno ino, uint64_t offset, std::string_view data, bool sync) {
   std::lock_guard<std::mutex> lock(InodeLock(ino));
   ASSIGN_OR_RETURN(Inode inode, LoadInode(ino));
   if (inode.type != EntryType::kFile) return Status::IsADirectory("not a regular file");
@@ -872,7 +872,7 @@ Status CloneFs::Write(CloneIno ino, uint64_t offset, std::string_view data) {
   inode.mtime_sec = inode.ctime_sec = sec;
   inode.mtime_nsec = inode.ctime_nsec = nsec;
   PutInode(inode, &batch);
-  return repo_->kv()->Write(batch, false);
+  return repo_->kv()->Write(batch, sync);
 }
 
 Status CloneFs::Truncate(Inode* inode, uint64_t size, KvBatch* batch) {

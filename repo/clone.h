@@ -97,7 +97,9 @@ class CloneFs {
                 const std::string& new_name, bool noreplace);
   Result<CloneAttr> SetAttr(CloneIno ino, const CloneSetAttr& set);
   Status Read(CloneIno ino, uint64_t offset, size_t len, std::string* out);
-  Status Write(CloneIno ino, uint64_t offset, std::string_view data);
+  // With `sync`, the write is durable when this returns (O_DSYNC), together with every earlier
+  // change.
+  Status Write(CloneIno ino, uint64_t offset, std::string_view data, bool sync = false);
   // Makes every earlier change durable.
   Status Fsync();
   // Counts the opens of a file (the mount calls them on open and release), so that removing an

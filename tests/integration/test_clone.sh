@@ -94,6 +94,14 @@ log "clone c1 answered a primary-key query $(python3 -c "print(f'{$END - $START:
   fail "row count on the clone differs from the source"
 [ "$(psql_q "$CPORT" "SELECT sum(abalance) FROM pgbench_accounts")" = "$SRC_SUM" ] ||
   fail "balance sum on the clone differs from the source"
+# One request per commit: the WAL is opened O_DSYNC and written through (fs/filesystem_clone.cc).
+[ "$(psql_q "$CPORT" "SHOW wal_sync_method")" = open_datasync ] ||
+  fail "wal_sync_method on the clone: $(psql_q "$CPORT" "SHOW wal_sync_method")"
+# The mount may hold half of the kernel's dirty limit, not FUSE's 1% (fs/mount.cc, TuneBdi).
+BDI=/sys/class/bdi/$(( $(stat -c %d "$MNT") >> 8 )):$(( $(stat -c %d "$MNT") & 255 ))
+if [ -w "$BDI/max_ratio" ]; then
+  [ "$(cat "$BDI/max_ratio")" = 50 ] || fail "max_ratio of the mount: $(cat "$BDI/max_ratio")"
+fi
 
 log "pgbench -c 2 for $SECONDS_RUN s on clone c1"
 run_pgbench "$CPORT" "$SECONDS_RUN" "$T/pgbench-c1.log"
@@ -177,6 +185,18 @@ as_pg "$PGBIN/pgbench" -h 127.0.0.1 -p "$CPORT" -U postgres -c 2 -T 60 postgres 
 BENCH=$!
 sleep 5
 psql_q "$CPORT" "INSERT INTO marker VALUES (2, 'committed during pgbench')"
+# A write through an O_DSYNC descriptor is in the store when write() returns: no fsync, no close.
+python3 - "$MNT/clones/c2/dsync.bin" "$T/dsync.written" <<'PY' &
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o600)
+os.pwrite(fd, b"dsync-" * 3000, 5)
+open(sys.argv[2], "w").close()
+import time; time.sleep(3600)
+PY
+DSYNC_WRITER=$!
+on_exit "kill -9 $DSYNC_WRITER"
+for _ in $(seq 1 100); do [ -e "$T/dsync.written" ] && break; sleep 0.1; done
+[ -e "$T/dsync.written" ] || fail "the O_DSYNC write did not return"
 kill -9 "$DAEMON_PID"
 log "killed the daemon (pid $DAEMON_PID) under postgres pid $PM"
 wait "$BENCH" && log "pgbench exited 0 after the kill?" || log "pgbench failed as expected: $(tail -1 "$T/pgbench-kill.log")"
@@ -191,6 +211,12 @@ clone_start c2
 log "crash recovery on c2: $(grep -c "redo done\|database system is ready" "$T/c2.log") recovery lines in its log"
 [ "$(psql_q "$CPORT" "SELECT string_agg(id::text, ',' ORDER BY id) FROM marker")" = "1,2" ] ||
   fail "rows committed before the kill are missing"
+python3 -c "
+import sys
+d = open(sys.argv[1], 'rb').read()
+sys.exit(0 if d == b'\\0' * 5 + b'dsync-' * 3000 else 1)" "$MNT/clones/c2/dsync.bin" ||
+  fail "the O_DSYNC write made before the kill is not all there"
+kill -9 "$DSYNC_WRITER" 2>/dev/null || true
 as_pg "$PGBIN/pg_amcheck" -h 127.0.0.1 -p "$CPORT" -U postgres --install-missing \
   --heapallindexed -d postgres >"$T/amcheck.out" 2>&1 || { cat "$T/amcheck.out"; fail "pg_amcheck"; }
 log "pg_amcheck --heapallindexed passed on c2 after the crash"

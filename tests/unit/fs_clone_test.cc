@@ -234,6 +234,43 @@ TEST_P(FsCloneTest, WritesAreCopyOnWrite) {
   EXPECT_EQ(fs_->Write(12345, 0, "x"), EBADF);
 }
 
+// wal_sync_method = open_datasync (set by clone create): a file opened for writing with O_DSYNC
+// or O_SYNC is direct_io, so each write reaches the clone at once and is durable when answered.
+TEST_P(FsCloneTest, DsyncOpensWriteThrough) {
+  uint64_t file = LookupOk(LookupOk(LookupOk(root_, "base"), "1"), "1259");
+  OpenOut w;
+  ASSERT_EQ(fs_->Open(file, O_WRONLY | O_DSYNC, &w), 0);
+  EXPECT_TRUE(w.direct_io);
+  std::string page = RandomBytes(8192, 11);
+  ASSERT_EQ(fs_->Write(w.fh, 8192, page), 0);
+  ASSERT_EQ(fs_->Write(w.fh, 20, "dsync"), 0);
+  OpenOut r;
+  ASSERT_EQ(fs_->Open(file, O_RDONLY | O_DSYNC, &r), 0);  // nothing to sync: cached
+  EXPECT_FALSE(r.direct_io);
+  std::string expect = big_;
+  expect.replace(8192, 8192, page);
+  expect.replace(20, 5, "dsync");
+  std::string got;
+  ASSERT_EQ(fs_->Read(r.fh, 0, expect.size(), &got), 0);
+  EXPECT_EQ(got, expect);
+  fs_->Release(r.fh);
+  fs_->Release(w.fh);
+  OpenOut plain;
+  ASSERT_EQ(fs_->Open(file, O_RDWR, &plain), 0);
+  EXPECT_FALSE(plain.direct_io);
+  fs_->Release(plain.fh);
+  EntryOut e;
+  OpenOut created;
+  ASSERT_EQ(fs_->Create(root_, "wal.tmp", O_RDWR | O_CREAT | O_EXCL | O_SYNC, &e, &created, 0600),
+            0);
+  EXPECT_TRUE(created.direct_io);
+  ASSERT_EQ(fs_->Write(created.fh, 0, "x"), 0);
+  fs_->Release(created.fh);
+  EXPECT_EQ(ReadAll(e.ino), "x");
+  EXPECT_EQ(SnapshotFile("base/1/1259"), big_);  // invariant 4
+  EXPECT_EQ(fs_->open_handles(), 0u);
+}
+
 TEST_P(FsCloneTest, TruncateExtendAndAttributes) {
   uint64_t file = LookupOk(LookupOk(LookupOk(root_, "base"), "1"), "1259");
   struct stat st;
