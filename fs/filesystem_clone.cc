@@ -305,12 +305,12 @@ int Filesystem::CloneReadDir(DirHandle* dir, uint64_t offset, bool plus,
 
 // --- files -------------------------------------------------------------------------------------
 
-// A file opened O_DSYNC or O_SYNC (postgres's WAL with wal_sync_method = open_datasync, which
-// `clone create` sets) bypasses the page cache: each write comes here at once and is made durable
-// before it is answered, so a commit costs one request. Through the page cache it would cost a
-// write request at writeback plus an fsync request (and often a setattr for the times), which
-// is what the kernel does for O_DSYNC on a writeback-cached FUSE file. The kernel does not sync
-// direct writes itself: it passes the flag and leaves durability to the server.
+// A file opened O_DSYNC or O_SYNC (postgres's WAL with wal_sync_method = open_datasync) bypasses
+// the page cache: each write comes here at once and is made durable before it is answered, so a
+// commit costs one request. Through the page cache it would cost a write request at writeback
+// plus an fsync request (and often a setattr for the times), which is what the kernel does for
+// O_DSYNC on a writeback-cached FUSE file. The kernel does not sync direct writes itself: it
+// passes the flag and leaves durability to the server.
 void Filesystem::SyncWrites(int flags, CloneFileHandle* h, OpenOut* out) {
   if ((flags & O_ACCMODE) == O_RDONLY || !(flags & O_DSYNC)) return;
   h->sync = true;

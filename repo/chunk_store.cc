@@ -429,7 +429,7 @@ Status ChunkStore::Get(const ChunkId& id, size_t size, std::string* out) {
     out->assign(size, '\0');
     return Status::OK();
   }
-  std::string stored;
+  thread_local std::string stored;  // no allocation per chunk
   RETURN_IF_ERROR(GetStored(id, &stored));
   RETURN_IF_ERROR(DecodeAndVerify(id, stored, out));
   if (out->size() != size) {

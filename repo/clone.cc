@@ -682,9 +682,11 @@ Status CloneFs::ReadBaseChunk(const Inode& inode, TreeReader* base, uint64_t ind
   uint64_t start = index * chunk_size_;
   if (start < inode.base_limit) {
     ASSIGN_OR_RETURN(ChunkId id, base->Leaf(index));
-    ASSIGN_OR_RETURN(auto data, repo_->chunks()->GetCached(id, base->LeafSize(index)));
-    size_t valid = static_cast<size_t>(std::min<uint64_t>(data->size(), inode.base_limit - start));
-    out->assign(*data, 0, valid);
+    // Decoded straight into `out`, past the chunk cache: the kernel's page cache keeps the page
+    // (keep_cache), so a second copy here would only cost an allocation and a copy per cold read
+    // and push the tree's index blocks out of the cache.
+    RETURN_IF_ERROR(repo_->chunks()->Get(id, base->LeafSize(index), out));
+    out->resize(static_cast<size_t>(std::min<uint64_t>(out->size(), inode.base_limit - start)));
     out->resize(chunk_size_, '\0');
     return Status::OK();
   }

@@ -86,9 +86,6 @@ std::string CloneConf(std::string conf, const PrepareOptions& options, bool reco
   conf += "port = " + std::to_string(options.port) + "\n";
   conf += "restore_command = " + QuoteConf("cp ../../wal/%f \"%p\"") + "\n";
   conf += "recovery_init_sync_method = 'syncfs'\n";
-  // Each WAL write durable as it is written (O_DSYNC): one request to the mount per commit,
-  // instead of a write at writeback, an fsync and often a setattr (fs/filesystem_clone.cc).
-  conf += "wal_sync_method = 'open_datasync'\n";
   conf += "archive_mode = 'off'\n";
   if (recovery) {
     for (const auto& [k, v] : options.recovery) conf += k + " = " + QuoteConf(v) + "\n";

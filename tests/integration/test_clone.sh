@@ -94,9 +94,6 @@ log "clone c1 answered a primary-key query $(python3 -c "print(f'{$END - $START:
   fail "row count on the clone differs from the source"
 [ "$(psql_q "$CPORT" "SELECT sum(abalance) FROM pgbench_accounts")" = "$SRC_SUM" ] ||
   fail "balance sum on the clone differs from the source"
-# One request per commit: the WAL is opened O_DSYNC and written through (fs/filesystem_clone.cc).
-[ "$(psql_q "$CPORT" "SHOW wal_sync_method")" = open_datasync ] ||
-  fail "wal_sync_method on the clone: $(psql_q "$CPORT" "SHOW wal_sync_method")"
 # The mount may hold half of the kernel's dirty limit, not FUSE's 1% (fs/mount.cc, TuneBdi).
 BDI=/sys/class/bdi/$(( $(stat -c %d "$MNT") >> 8 )):$(( $(stat -c %d "$MNT") & 255 ))
 if [ -w "$BDI/max_ratio" ]; then
