@@ -95,7 +95,8 @@ log "clone c1 answered a primary-key query $(python3 -c "print(f'{$END - $START:
 [ "$(psql_q "$CPORT" "SELECT sum(abalance) FROM pgbench_accounts")" = "$SRC_SUM" ] ||
   fail "balance sum on the clone differs from the source"
 # The mount may hold half of the kernel's dirty limit, not FUSE's 1% (fs/mount.cc, TuneBdi).
-BDI=/sys/class/bdi/$(( $(stat -c %d "$MNT") >> 8 )):$(( $(stat -c %d "$MNT") & 255 ))
+BDI=/sys/class/bdi/$(mountpoint -d "$MNT")
+[ -e "$BDI/max_ratio" ] || fail "no $BDI/max_ratio for the mount"
 if [ -w "$BDI/max_ratio" ]; then
   [ "$(cat "$BDI/max_ratio")" = 50 ] || fail "max_ratio of the mount: $(cat "$BDI/max_ratio")"
 fi

@@ -234,8 +234,8 @@ TEST_P(FsCloneTest, WritesAreCopyOnWrite) {
   EXPECT_EQ(fs_->Write(12345, 0, "x"), EBADF);
 }
 
-// wal_sync_method = open_datasync: a file opened for writing with O_DSYNC
-// or O_SYNC is direct_io, so each write reaches the clone at once and is durable when answered.
+// A file opened for writing with O_DSYNC or O_SYNC (wal_sync_method = open_datasync) is
+// direct_io, so each write reaches the clone at once and is durable when answered.
 TEST_P(FsCloneTest, DsyncOpensWriteThrough) {
   uint64_t file = LookupOk(LookupOk(LookupOk(root_, "base"), "1"), "1259");
   OpenOut w;
