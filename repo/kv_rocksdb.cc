@@ -397,8 +397,16 @@ class RocksStore : public KvStore {
     std::shared_lock<std::shared_mutex> db(db_mu_);
     if (!db_) return closed_;
     rocksdb::PinnableSlice pinned;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handle(cf),
-                                 rocksdb::Slice(key.data(), key.size()), &pinned);
+    rocksdb::ReadOptions ro;
+    // A located chunk's data block is read past the block cache, as iterators over chunks read
+    // theirs (NewIterator). Point reads of chunk data are a clone's or a backup's single pages
+    // read at random, which the kernel's page cache keeps decoded above the mount; kept here as
+    // well they only churned the cache (an 8 KiB block allocated and another evicted per cold
+    // read) and pushed out what every read needs: the `chunks` blocks with the locations and
+    // the index partitions. Cold pgbench -c 2 on a scale-100 clone: +4% to +23% TPS in 5 of 5
+    // alternating pairs (docs/BENCHMARKS.md, ninth session).
+    ro.fill_cache = cf != Cf::kChunkData;
+    rocksdb::Status s = db_->Get(ro, handle(cf), rocksdb::Slice(key.data(), key.size()), &pinned);
     if (s.IsNotFound()) return Status::NotFound("key not found");
     if (!s.ok()) return Convert(s, "get");
     value->assign(pinned.data(), pinned.size());
