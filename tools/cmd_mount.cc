@@ -195,6 +195,16 @@ int RunMountDaemon(const MountArgs& args, const MountOptions& base, int ready_fd
 
   // A few malloc arenas: with one per FUSE thread, freed chunk buffers pile up in each of them.
   mallopt(M_ARENA_MAX, 4);
+  // And memory they free is kept for the next request, not given back to the kernel and faulted
+  // in again: glibc's defaults unmap or trim a freed 1 MiB read buffer, an evicted cache block or
+  // a flushed memtable, and a first touch of a page costs 11 us on a paravirtualised machine.
+  // Reading a 1 GiB clone file with 1 MiB reads (dd) took 48K-85K page faults in the daemon and
+  // ran at 453-482 MB/s with the defaults; with these 12K on a fresh mount, then 250-409, at
+  // 720-808 MB/s (docs/BENCHMARKS.md, ninth session). What an arena keeps free at its top is
+  // bounded by the trim threshold.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum; larger blocks are mapped
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  mallopt(M_TOP_PAD, 16 << 20);
   OpenOptions open_options;
   open_options.lock_owner = "pgbackfs mount on '" + args.mountpoint + "'";
   open_options.chunk_cache_bytes = args.chunk_cache_mib << 20;
