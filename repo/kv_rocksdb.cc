@@ -401,7 +401,7 @@ class RocksStore : public KvStore {
     // A located chunk's data block is read past the block cache, as iterators over chunks read
     // theirs (NewIterator). Point reads of chunk data are a clone's or a backup's single pages
     // read at random, which the kernel's page cache keeps decoded above the mount; kept here as
-    // well they only churned the cache (an 8 KiB block allocated and another evicted per cold
+    // well, they only churned the cache (an 8 KiB block allocated and another evicted per cold
     // read) and pushed out what every read needs: the `chunks` blocks with the locations and
     // the index partitions. Cold pgbench -c 2 on a scale-100 clone: +4% to +23% TPS in 5 of 5
     // alternating pairs (docs/BENCHMARKS.md, ninth session).
